@@ -1,0 +1,117 @@
+"""Model configuration: one dataclass, saved as ``config.json`` beside the weights.
+
+Presets: ``paper`` (about 75M parameters, the paper's layer counts) and ``tiny`` (CPU, tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid or does not match what it is used with."""
+
+
+@dataclass
+class CodeFusionConfig:
+    """Sizes of E, N, D, H, L and of the diffusion process."""
+
+    # Vocabulary (set from the tokenizer when a model is built for it).
+    vocab_size: int = 16384
+    pad_id: int = 0
+    eos_id: int = 1
+    mask_id: int = 3
+    # Encoder E: a T5 encoder. ``encoder`` holds a full ``T5Config`` dict when the encoder came
+    # from a local checkpoint (its own sizes win over the fields below).
+    encoder_dim: int = 512
+    encoder_layers: int = 6
+    encoder_heads: int = 8
+    encoder_ff: int = 2048
+    encoder: dict[str, Any] | None = None
+    max_prompt_len: int = 128
+    # Denoiser N and decoder D share a width; L maps tokens into a ``latent_dim`` space where
+    # the diffusion happens, and H reads D's output back out of it.
+    hidden_dim: int = 384
+    heads: int = 6
+    ff_mult: int = 4
+    denoiser_layers: int = 10
+    decoder_layers: int = 6
+    latent_dim: int = 128
+    code_len: int = 128
+    dropout: float = 0.1
+    # Diffusion: square-root schedule over T steps; N predicts x0 (see diffusion.py for why).
+    diffusion_steps: int = 1200
+    schedule_offset: float = 1e-4
+    prediction: str = "x0"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.hidden_dim % self.heads:
+            raise ConfigError(f"hidden_dim {self.hidden_dim} is not divisible by heads {self.heads}")
+        if self.encoder is None and self.encoder_dim % self.encoder_heads:
+            raise ConfigError("encoder_dim must be divisible by encoder_heads")
+        if self.prediction not in ("x0", "eps"):
+            raise ConfigError(f"prediction must be 'x0' or 'eps', not {self.prediction!r}")
+        for name in ("vocab_size", "code_len", "diffusion_steps", "latent_dim", "max_prompt_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CodeFusionConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config keys: {', '.join(unknown)}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(str(e)) from None
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> CodeFusionConfig:
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read model config ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: model config must be a JSON object")
+        return cls.from_dict(d)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~75M parameters with a 16K vocabulary (see `codefusion params --preset paper`).
+    "paper": {},
+    # A few hundred thousand parameters: trains in minutes on a laptop CPU.
+    "tiny": dict(
+        encoder_dim=64,
+        encoder_layers=2,
+        encoder_heads=4,
+        encoder_ff=128,
+        hidden_dim=64,
+        heads=4,
+        ff_mult=2,
+        denoiser_layers=2,
+        decoder_layers=1,
+        latent_dim=32,
+        code_len=32,
+        max_prompt_len=48,
+        dropout=0.0,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> CodeFusionConfig:
+    """A preset config with overrides (e.g. the tokenizer's vocabulary size)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return CodeFusionConfig.from_dict({**PRESETS[name], **overrides})

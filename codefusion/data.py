@@ -1,0 +1,181 @@
+"""Benchmark and pre-training data: where it lives, how it is read, what is kept.
+
+The released files (microsoft/prose-benchmarks, folder CodeFusion, CC BY-SA 4.0) are read in
+place from a data folder given by a flag or the ``CODEFUSION_DATA`` environment variable:
+
+    <data>/benchmarks/{Bash,CFRule,Python}Benchmarks.json   {"train": [...], "test": [...]}
+    <data>/pretraining/{BashSnippets,ConditionalFormattingSnippets}.txt
+
+Row policy (one per split, never a crash):
+- **train**: rows with a null/blank prompt or empty code are skipped, and so are CF rows whose
+  gold rule does not parse (garbled script text); the counts are returned and logged.
+- **test**: every row is kept, so the denominator stays the paper's. A null prompt becomes the
+  empty string (the model then generates unconditionally from an empty prompt).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BENCHMARKS = {"cf": "CFRuleBenchmarks.json", "bash": "BashBenchmarks.json", "python": "PythonBenchmarks.json"}
+SNIPPETS = {"cf": "ConditionalFormattingSnippets.txt", "bash": "BashSnippets.txt"}
+SPLITS = ("train", "test")
+DATA_ENV = "CODEFUSION_DATA"
+
+
+class DataError(ValueError):
+    """A data file is missing or malformed; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One benchmark item. ``data``/``labels`` are only set for CF rules."""
+
+    id: int | str
+    prompt: str
+    code: str
+    data: list[list[Any]] | None = None
+    labels: list[int] | None = None
+
+
+@dataclass
+class LoadReport:
+    """What a load kept and what it skipped, by reason."""
+
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def __str__(self) -> str:
+        skipped = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items())) or "none"
+        return f"kept {self.kept}, skipped: {skipped}"
+
+
+def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
+    """The data folder: the explicit path, else ``$CODEFUSION_DATA``; a clear error otherwise."""
+    chosen = path or os.environ.get(DATA_ENV)
+    if not chosen:
+        raise DataError(
+            f"no data folder given: pass --data DIR or set {DATA_ENV} "
+            "(run `codefusion download` to fetch the benchmark files)"
+        )
+    p = Path(chosen).expanduser()
+    if not p.is_dir():
+        raise DataError(f"data folder {p} does not exist")
+    return p
+
+
+def check_language(lang: str) -> str:
+    if lang not in BENCHMARKS:
+        raise DataError(f"unknown benchmark {lang!r}: choose one of {', '.join(BENCHMARKS)}")
+    return lang
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with path.open(encoding="utf-8") as f:
+            return json.load(f)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+def _clean_text(value: Any) -> str | None:
+    """Text field or None; non-strings (numbers, lists) are treated as absent."""
+    if not isinstance(value, str):
+        return None
+    # Drop NUL and other C0 controls except tab/newline: they come from garbled rows.
+    text = "".join(ch for ch in value if ch in "\t\n" or ord(ch) >= 32)
+    return text.strip()
+
+
+def _row_problem(row: Any, lang: str) -> str | None:
+    """Why a training row is unusable, or None if it is fine."""
+    if not isinstance(row, dict):
+        return "non-object row"
+    prompt, code = _clean_text(row.get("NL Utterance")), _clean_text(row.get("Code"))
+    if not prompt:
+        return "null or empty prompt"
+    if not code:
+        return "empty code"
+    if lang == "cf":
+        from codefusion.cfrules import is_valid
+
+        if not is_valid(code):
+            return "unparseable CF rule"
+    return None
+
+
+def load_benchmark(
+    lang: str, split: str, data_dir: str | os.PathLike | None = None
+) -> tuple[list[Example], LoadReport]:
+    """Read one split of a benchmark under the module's row policy."""
+    check_language(lang)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: choose train or test")
+    path = resolve_data_dir(data_dir) / "benchmarks" / BENCHMARKS[lang]
+    doc = _read_json(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get(split), list):
+        raise DataError(f'{path}: expected an object with a "{split}" list of records')
+    examples, report = [], LoadReport()
+    for i, row in enumerate(doc[split]):
+        if split == "train":
+            problem = _row_problem(row, lang)
+            if problem:
+                report.skipped[problem] += 1
+                continue
+        elif not isinstance(row, dict):
+            raise DataError(f"{path}: {split} record {i} is not an object")
+        data = row.get("Data") if isinstance(row.get("Data"), list) else None
+        labels = row.get("Labels") if isinstance(row.get("Labels"), list) else None
+        examples.append(
+            Example(
+                id=row.get("ID", i),
+                prompt=_clean_text(row.get("NL Utterance")) or "",
+                code=_clean_text(row.get("Code")) or "",
+                data=data,
+                labels=labels,
+            )
+        )
+    report.kept = len(examples)
+    if report.skipped:
+        log.info("%s %s: %s", lang, split, report)
+    return examples, report
+
+
+def iter_snippet_file(path: Path) -> Iterator[str]:
+    """Non-empty lines of a snippet file, stripped."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = _clean_text(line)
+            if line:
+                yield line
+
+
+def load_snippets(
+    lang: str, data_dir: str | os.PathLike | None = None, python_corpus: str | os.PathLike | None = None
+) -> list[str]:
+    """Pre-training snippets of a language, in file order (duplicates kept, as released).
+
+    Python has no released snippet file: pass ``python_corpus`` (built by
+    ``codefusion build-python-corpus``), or it is built from the standard library on the fly.
+    """
+    check_language(lang)
+    if lang == "python":
+        from codefusion.pycorpus import build_python_corpus, read_corpus
+
+        return read_corpus(Path(python_corpus)) if python_corpus else build_python_corpus()
+    return list(iter_snippet_file(resolve_data_dir(data_dir) / "pretraining" / SNIPPETS[lang]))

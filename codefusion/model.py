@@ -1,0 +1,265 @@
+"""The CodeFusion network, named as in the paper's figure.
+
+    E  encoder        T5 encoder over the prompt                     [B, S] -> [B, S, De]
+    L  code embedding token ids -> diffusion space                   [B, C] -> [B, C, Dz]
+    N  denoiser       10 layers: self-attn over x_t, cross-attn to E, timestep-conditioned
+                      (adaLN-single: one timestep MLP, a learned per-layer offset)
+                                                                     [B, C, Dz] -> [B, C, Dz]
+    D  decoder        6 layers, same attention pattern, runs once on the denoised x0
+    H  head           linear to the vocabulary, argmax per position
+
+Attention goes through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on
+GPU). Cross-attention keys/values depend only on E's output, so ``cross_kv`` computes them once
+and every denoising step reuses them (see sampler.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import T5Config, T5EncoderModel
+
+from codefusion.config import CodeFusionConfig
+
+KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [B, heads, S, head_dim]
+
+
+class Attention(nn.Module):
+    """Multi-head attention; keys/values may come from another sequence (cross-attention)."""
+
+    def __init__(self, dim: int, heads: int, kv_dim: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(dim, dim)
+        self.kv_proj = nn.Linear(kv_dim or dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def kv(self, source: torch.Tensor) -> KV:
+        b, s, _ = source.shape
+        k, v = self.kv_proj(source).view(b, s, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv: KV | None = None,
+        mask: torch.Tensor | None = None,  # [B, 1, 1, S] bool, True = attend
+    ) -> torch.Tensor:
+        b, n, d = x.shape
+        k, v = self.kv(x) if kv is None else kv
+        q = self.q(x).view(b, n, self.heads, -1).transpose(1, 2)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return self.out(y.transpose(1, 2).reshape(b, n, d))
+
+
+def mlp(dim: int, mult: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(dim, mult * dim), nn.GELU(approximate="tanh"), nn.Dropout(dropout), nn.Linear(mult * dim, dim)
+    )
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x * (1 + scale) + shift, with [B, dim] parameters broadcast over positions."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: self-attention, cross-attention to E, MLP.
+
+    With ``cond`` ([B, 9, dim] modulation) the three norms are timestep-modulated and each
+    residual branch is gated (the denoiser N); without it this is a plain block (the decoder D).
+    """
+
+    def __init__(self, cfg: CodeFusionConfig, kv_dim: int, conditioned: bool):
+        super().__init__()
+        d = cfg.hidden_dim
+        self.norms = nn.ModuleList(nn.LayerNorm(d, elementwise_affine=not conditioned) for _ in range(3))
+        self.self_attn = Attention(d, cfg.heads, dropout=cfg.dropout)
+        self.cross_attn = Attention(d, cfg.heads, kv_dim=kv_dim, dropout=cfg.dropout)
+        self.mlp = mlp(d, cfg.ff_mult, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+        # Per-layer offset of the shared timestep modulation (PixArt's adaLN-single).
+        self.mod_offset = nn.Parameter(torch.zeros(9, d)) if conditioned else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cross_kv: KV,
+        cross_mask: torch.Tensor | None,
+        cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        branches = (
+            lambda h: self.self_attn(h),
+            lambda h: self.cross_attn(h, kv=cross_kv, mask=cross_mask),
+            self.mlp,
+        )
+        if cond is None:
+            for norm, f in zip(self.norms, branches, strict=True):
+                x = x + self.drop(f(norm(x)))
+            return x
+        mods = (cond + self.mod_offset).unbind(1)  # 9 x [B, d]
+        for i, (norm, f) in enumerate(zip(self.norms, branches, strict=True)):
+            shift, scale, gate = mods[3 * i : 3 * i + 3]
+            x = x + (1 + gate.unsqueeze(1)) * self.drop(f(modulate(norm(x), shift, scale)))
+        return x
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps: [B] -> [B, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class Stack(nn.Module):
+    """A stack of blocks between the latent space and the hidden width (used by N and D)."""
+
+    def __init__(self, cfg: CodeFusionConfig, kv_dim: int, layers: int, conditioned: bool):
+        super().__init__()
+        d = cfg.hidden_dim
+        self.in_proj = nn.Linear(cfg.latent_dim, d)
+        self.pos = nn.Parameter(torch.randn(cfg.code_len, d) * 0.02)
+        self.blocks = nn.ModuleList(Block(cfg, kv_dim, conditioned) for _ in range(layers))
+        self.norm = nn.LayerNorm(d)
+        self.out_proj = nn.Linear(d, cfg.latent_dim)
+
+    def cross_kv(self, enc: torch.Tensor) -> list[KV]:
+        """Each layer's cross-attention keys/values of E's output: computed once per prompt."""
+        return [blk.cross_attn.kv(enc) for blk in self.blocks]
+
+    def run(
+        self,
+        z: torch.Tensor,
+        cross_kv: list[KV],
+        cross_mask: torch.Tensor | None,
+        cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = self.in_proj(z) + self.pos[: z.shape[1]]
+        for blk, kv in zip(self.blocks, cross_kv, strict=True):
+            x = blk(x, kv, cross_mask, cond)
+        return self.out_proj(self.norm(x))
+
+
+class Denoiser(Stack):
+    """N: predicts the clean embedding x0 from x_t, the timestep and the prompt encoding."""
+
+    def __init__(self, cfg: CodeFusionConfig, kv_dim: int):
+        super().__init__(cfg, kv_dim, cfg.denoiser_layers, conditioned=True)
+        d = cfg.hidden_dim
+        self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.time_mod = nn.Sequential(nn.SiLU(), nn.Linear(d, 9 * d))
+        nn.init.zeros_(self.time_mod[1].weight)  # start as a plain transformer
+        nn.init.zeros_(self.time_mod[1].bias)
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, cross_kv: list[KV], cross_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        temb = self.time_mlp(timestep_embedding(t, self.in_proj.out_features))  # [B, d]
+        cond = self.time_mod(temb).view(t.shape[0], 9, -1)
+        z = x_t + 0  # x_t enters through in_proj; temb is added to every position too
+        x = self.in_proj(z) + self.pos[: z.shape[1]] + temb.unsqueeze(1)
+        for blk, kv in zip(self.blocks, cross_kv, strict=True):
+            x = blk(x, kv, cross_mask, cond)
+        return self.out_proj(self.norm(x))
+
+
+class Decoder(Stack):
+    """D: maps the denoised x0 to a representation that H can read (run once per sample)."""
+
+    def __init__(self, cfg: CodeFusionConfig, kv_dim: int):
+        super().__init__(cfg, kv_dim, cfg.decoder_layers, conditioned=False)
+
+    def forward(self, x0: torch.Tensor, cross_kv: list[KV], cross_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.run(x0, cross_kv, cross_mask)
+
+
+def encoder_config(cfg: CodeFusionConfig) -> T5Config:
+    if cfg.encoder is not None:
+        return T5Config.from_dict(cfg.encoder)
+    return T5Config(
+        vocab_size=cfg.vocab_size,
+        d_model=cfg.encoder_dim,
+        d_kv=cfg.encoder_dim // cfg.encoder_heads,
+        d_ff=cfg.encoder_ff,
+        num_layers=cfg.encoder_layers,
+        num_heads=cfg.encoder_heads,
+        dropout_rate=cfg.dropout,
+        feed_forward_proj="relu",
+        pad_token_id=cfg.pad_id,
+        eos_token_id=cfg.eos_id,
+        is_encoder_decoder=False,
+        use_cache=False,
+    )
+
+
+class CodeFusionModel(nn.Module):
+    """E, N, D, H and L together. The diffusion schedule and the loss live elsewhere."""
+
+    def __init__(self, cfg: CodeFusionConfig, encoder: T5EncoderModel | None = None):
+        super().__init__()
+        self.config = cfg
+        self.encoder = encoder if encoder is not None else T5EncoderModel(encoder_config(cfg))  # E
+        kv_dim = self.encoder.config.d_model
+        self.denoiser = Denoiser(cfg, kv_dim)  # N
+        self.decoder = Decoder(cfg, kv_dim)  # D
+        self.head = nn.Linear(cfg.latent_dim, cfg.vocab_size)  # H
+        self.code_embedding = nn.Embedding(cfg.vocab_size, cfg.latent_dim)  # L
+        nn.init.normal_(self.code_embedding.weight)
+
+    @property
+    def encoder_dim(self) -> int:
+        return self.encoder.config.d_model
+
+    # --- the five pieces -------------------------------------------------------------------
+    def encode(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """E(s): [B, S] -> [B, S, De]."""
+        return self.encoder(input_ids=prompt_ids, attention_mask=prompt_mask).last_hidden_state
+
+    def embed_code(self, code_ids: torch.Tensor) -> torch.Tensor:
+        """L(y): token ids -> points on the sphere of radius sqrt(Dz).
+
+        Normalising fixes the signal scale against the unit-variance noise: a free embedding
+        can shrink towards zero, where every diffusion loss term becomes trivially small.
+        """
+        e = self.code_embedding(code_ids)
+        return F.normalize(e, dim=-1) * math.sqrt(e.shape[-1])
+
+    def cross_kv(self, enc: torch.Tensor) -> tuple[list[KV], list[KV]]:
+        """Cross-attention keys/values of E's output for N and for D."""
+        return self.denoiser.cross_kv(enc), self.decoder.cross_kv(enc)
+
+    def denoise(
+        self, x_t: torch.Tensor, t: torch.Tensor, kv: list[KV], cross_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """N(x_t, t, E(s)) -> x0_hat."""
+        return self.denoiser(x_t, t, kv, cross_mask)
+
+    def decode(self, x0: torch.Tensor, kv: list[KV], cross_mask: torch.Tensor | None) -> torch.Tensor:
+        """D(x0_hat, E(s)) -> [B, C, Dz]."""
+        return self.decoder(x0, kv, cross_mask)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """H: [B, C, Dz] -> [B, C, V]."""
+        return self.head(h)
+
+    def parameter_counts(self) -> dict[str, int]:
+        parts = {
+            "encoder E": self.encoder,
+            "denoiser N": self.denoiser,
+            "decoder D": self.decoder,
+            "head H": self.head,
+            "embedding L": self.code_embedding,
+        }
+        counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+        counts["total"] = sum(counts.values())
+        return counts
+
+
+def attention_mask(mask: torch.Tensor) -> torch.Tensor:
+    """[B, S] padding mask (1 = token) -> [B, 1, 1, S] boolean mask for SDPA."""
+    return mask.bool()[:, None, None, :]
