@@ -51,7 +51,9 @@ class CodeFusionConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_dim % self.heads:
-            raise ConfigError(f"hidden_dim {self.hidden_dim} is not divisible by heads {self.heads}")
+            raise ConfigError(
+                f"hidden_dim {self.hidden_dim} is not divisible by heads {self.heads}"
+            )
         if self.encoder is None and self.encoder_dim % self.encoder_heads:
             raise ConfigError("encoder_dim must be divisible by encoder_heads")
         if self.prediction not in ("x0", "eps"):

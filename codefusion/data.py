@@ -26,7 +26,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-BENCHMARKS = {"cf": "CFRuleBenchmarks.json", "bash": "BashBenchmarks.json", "python": "PythonBenchmarks.json"}
+BENCHMARKS = {
+    "cf": "CFRuleBenchmarks.json",
+    "bash": "BashBenchmarks.json",
+    "python": "PythonBenchmarks.json",
+}
 SNIPPETS = {"cf": "ConditionalFormattingSnippets.txt", "bash": "BashSnippets.txt"}
 SPLITS = ("train", "test")
 DATA_ENV = "CODEFUSION_DATA"
@@ -88,7 +92,9 @@ def _read_json(path: Path) -> Any:
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        raise DataError(
+            f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        ) from None
 
 
 def _clean_text(value: Any) -> str | None:
@@ -166,7 +172,9 @@ def iter_snippet_file(path: Path) -> Iterator[str]:
 
 
 def load_snippets(
-    lang: str, data_dir: str | os.PathLike | None = None, python_corpus: str | os.PathLike | None = None
+    lang: str,
+    data_dir: str | os.PathLike | None = None,
+    python_corpus: str | os.PathLike | None = None,
 ) -> list[str]:
     """Pre-training snippets of a language, in file order (duplicates kept, as released).
 

@@ -58,7 +58,10 @@ class Attention(nn.Module):
 
 def mlp(dim: int, mult: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(dim, mult * dim), nn.GELU(approximate="tanh"), nn.Dropout(dropout), nn.Linear(mult * dim, dim)
+        nn.Linear(dim, mult * dim),
+        nn.GELU(approximate="tanh"),
+        nn.Dropout(dropout),
+        nn.Linear(mult * dim, dim),
     )
 
 
@@ -77,7 +80,9 @@ class Block(nn.Module):
     def __init__(self, cfg: CodeFusionConfig, kv_dim: int, conditioned: bool):
         super().__init__()
         d = cfg.hidden_dim
-        self.norms = nn.ModuleList(nn.LayerNorm(d, elementwise_affine=not conditioned) for _ in range(3))
+        self.norms = nn.ModuleList(
+            nn.LayerNorm(d, elementwise_affine=not conditioned) for _ in range(3)
+        )
         self.self_attn = Attention(d, cfg.heads, dropout=cfg.dropout)
         self.cross_attn = Attention(d, cfg.heads, kv_dim=kv_dim, dropout=cfg.dropout)
         self.mlp = mlp(d, cfg.ff_mult, cfg.dropout)
@@ -157,7 +162,11 @@ class Denoiser(Stack):
         nn.init.zeros_(self.time_mod[1].bias)
 
     def forward(
-        self, x_t: torch.Tensor, t: torch.Tensor, cross_kv: list[KV], cross_mask: torch.Tensor | None
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cross_kv: list[KV],
+        cross_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         temb = self.time_mlp(timestep_embedding(t, self.in_proj.out_features))  # [B, d]
         cond = self.time_mod(temb).view(t.shape[0], 9, -1)
@@ -174,7 +183,9 @@ class Decoder(Stack):
     def __init__(self, cfg: CodeFusionConfig, kv_dim: int):
         super().__init__(cfg, kv_dim, cfg.decoder_layers, conditioned=False)
 
-    def forward(self, x0: torch.Tensor, cross_kv: list[KV], cross_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x0: torch.Tensor, cross_kv: list[KV], cross_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         return self.run(x0, cross_kv, cross_mask)
 
 
@@ -239,7 +250,9 @@ class CodeFusionModel(nn.Module):
         """N(x_t, t, E(s)) -> x0_hat."""
         return self.denoiser(x_t, t, kv, cross_mask)
 
-    def decode(self, x0: torch.Tensor, kv: list[KV], cross_mask: torch.Tensor | None) -> torch.Tensor:
+    def decode(
+        self, x0: torch.Tensor, kv: list[KV], cross_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """D(x0_hat, E(s)) -> [B, C, Dz]."""
         return self.decoder(x0, kv, cross_mask)
 

@@ -24,7 +24,8 @@ class SqrtSchedule(nn.Module):
             return 1.0 - math.sqrt(u + offset)
 
         betas = [
-            min(1.0 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), max_beta) for i in range(steps)
+            min(1.0 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), max_beta)
+            for i in range(steps)
         ]
         ab = torch.cumprod(1.0 - torch.tensor(betas, dtype=torch.float64), dim=0)
         self.register_buffer("alphas_cumprod", ab.float(), persistent=False)

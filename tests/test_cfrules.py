@@ -435,7 +435,9 @@ def _leaf(draw):
         lit = draw(_LIT)
         return f"{name}({col}{'7' if not col and lit == 'c[2]' else lit})"
     if kind == 1:
-        return f"Between({col}{draw(_LIT)}, {draw(_LIT)})"
+        # A column reference is no bound: `Between(c[2], 0)` would read as column + one bound.
+        lo, hi = draw(_LIT.filter(lambda x: x != "c[2]")), draw(_LIT.filter(lambda x: x != "c[2]"))
+        return f"Between({col}{lo}, {hi})"
     col = col.replace("LEN(c[0]), ", "")
     if kind == 2:
         name = draw(st.sampled_from(["TextContains", "TextEquals", "StartsWith", "EndsWith"]))
