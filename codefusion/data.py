@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from codefusion.errors import UserError
+
 log = logging.getLogger(__name__)
 
 BENCHMARKS = {
@@ -36,7 +38,7 @@ SPLITS = ("train", "test")
 DATA_ENV = "CODEFUSION_DATA"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data file is missing or malformed; the message names the file and the problem."""
 
 

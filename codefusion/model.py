@@ -170,8 +170,8 @@ class Denoiser(Stack):
     ) -> torch.Tensor:
         temb = self.time_mlp(timestep_embedding(t, self.in_proj.out_features))  # [B, d]
         cond = self.time_mod(temb).view(t.shape[0], 9, -1)
-        z = x_t + 0  # x_t enters through in_proj; temb is added to every position too
-        x = self.in_proj(z) + self.pos[: z.shape[1]] + temb.unsqueeze(1)
+        # The timestep enters twice: added to every position, and through adaLN modulation.
+        x = self.in_proj(x_t) + self.pos[: x_t.shape[1]] + temb.unsqueeze(1)
         for blk, kv in zip(self.blocks, cross_kv, strict=True):
             x = blk(x, kv, cross_mask, cond)
         return self.out_proj(self.norm(x))

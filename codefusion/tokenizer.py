@@ -1,0 +1,176 @@
+"""Tokenizer: a byte-level BPE trained with ``tokenizers``, or any local Hugging Face tokenizer.
+
+Prompts and code share one tokenizer (as CodeFusion shares CodeT5's). Saved as a standard
+``tokenizer.json`` (+ ``tokenizer_config.json``) that ``transformers.AutoTokenizer`` loads.
+Code is laid on a fixed canvas: ``tokens + </s> + <pad> ...``; decoding cuts at the first
+end or pad token.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from codefusion.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PAD, EOS, UNK, MASK = "<pad>", "</s>", "<unk>", "<mask>"
+SPECIAL_TOKENS = [PAD, EOS, UNK, MASK]  # ids 0..3 in a tokenizer we train
+
+
+class TokenizerError(UserError):
+    """A tokenizer cannot be built or loaded, or lacks a token the model needs."""
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = 16384, min_frequency: int = 2):
+    """Train a byte-level BPE; returns a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK, mask_token=MASK
+    )
+
+
+class CodeTokenizer:
+    """The ids the model needs (pad, end, mask) and canvas encoding/decoding on top of an HF tokenizer."""
+
+    def __init__(self, hf_tokenizer) -> None:
+        tok = hf_tokenizer
+        if tok.pad_token_id is None:
+            raise TokenizerError("the tokenizer has no pad token")
+        if tok.eos_token_id is None:
+            raise TokenizerError("the tokenizer has no end-of-sequence token")
+        if tok.mask_token_id is None:
+            # CodeT5-style tokenizers may lack one: add it (the model's vocab then grows by one).
+            tok.add_special_tokens({"mask_token": MASK})
+        self.hf = tok
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> CodeTokenizer:
+        from transformers import AutoTokenizer
+
+        path = Path(path)
+        if not path.is_dir():
+            raise TokenizerError(f"tokenizer directory {path} does not exist")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        except Exception as e:  # transformers raises many kinds; the user needs one message
+            raise TokenizerError(
+                f"{path}: cannot load a tokenizer ({type(e).__name__}: {e})"
+            ) from None
+        return cls(tok)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        self.hf.save_pretrained(str(path))
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.hf.pad_token_id)
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.hf.eos_token_id)
+
+    @property
+    def mask_id(self) -> int:
+        return int(self.hf.mask_token_id)
+
+    @property
+    def mask_token(self) -> str:
+        return str(self.hf.mask_token)
+
+    def __len__(self) -> int:
+        return len(self.hf)
+
+    def ids(self, text: str) -> list[int]:
+        """Token ids of a text, no special tokens added (special-token text is recognised)."""
+        return self.hf(text, add_special_tokens=False)["input_ids"]
+
+    def encode_prompts(
+        self, prompts: Sequence[str], max_len: int
+    ) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+        """Prompts -> (ids [B, S], mask [B, S], truncated flags); each ends with </s>."""
+        rows, truncated = [], []
+        for p in prompts:
+            ids = self.ids(p)
+            truncated.append(len(ids) > max_len - 1)
+            rows.append(ids[: max_len - 1] + [self.eos_id])
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        return ids, mask, truncated
+
+    def encode_code(self, codes: Sequence[str], length: int) -> tuple[torch.Tensor, list[bool]]:
+        """Code -> canvas ids [B, length]: tokens, </s>, then <pad>; and truncated flags."""
+        out = torch.full((len(codes), length), self.pad_id, dtype=torch.long)
+        truncated = []
+        for i, code in enumerate(codes):
+            ids = self.ids(code) + [self.eos_id]
+            truncated.append(len(ids) > length)
+            ids = ids[:length]
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out, truncated
+
+    def content_length(self, ids: Sequence[int]) -> int:
+        """Positions before the first end/pad token."""
+        for j, i in enumerate(ids):
+            if i in (self.eos_id, self.pad_id):
+                return j
+        return len(ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Canvas ids -> code, cut at the first end/pad token."""
+        ids = list(ids)[: self.content_length(ids)]
+        return self.hf.decode(
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        ).strip()
+
+
+def tokenizer_corpus(data_dir=None, python_corpus=None) -> Iterable[str]:
+    """Training text for the tokenizer: train splits (code and prompts) and pre-training snippets.
+
+    Test splits are never read.
+    """
+    from codefusion.data import BENCHMARKS, load_benchmark, load_snippets
+
+    for lang in BENCHMARKS:
+        examples, _ = load_benchmark(lang, "train", data_dir)
+        for ex in examples:
+            yield ex.code
+            yield ex.prompt
+        # Snippet files repeat lines heavily; the distinct ones carry the information.
+        yield from dict.fromkeys(load_snippets(lang, data_dir, python_corpus))
+
+
+def truncation_report(tok: CodeTokenizer, data_dir=None, length: int = 128) -> dict[str, float]:
+    """Share of test code longer than ``length`` tokens (end token included), per benchmark."""
+    from codefusion.data import BENCHMARKS, load_benchmark
+
+    report = {}
+    for lang in BENCHMARKS:
+        examples, _ = load_benchmark(lang, "test", data_dir)
+        _, truncated = tok.encode_code([e.code for e in examples], length)
+        report[lang] = sum(truncated) / max(1, len(truncated))
+    return report

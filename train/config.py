@@ -1,0 +1,141 @@
+"""Run configuration: a YAML file with one section per training stage.
+
+    name: cf-tiny                  # run folder: <out_dir>/<name>
+    language: cf                   # cf | bash | python
+    model: {preset: tiny, code_len: 32}
+    tokenizer: {path: runs/tokenizers/cf-2k, vocab_size: 2000, languages: [cf]}
+    pretrain: {max_steps: 300, batch_size: 64, uncond_ratio: 0.5, mask_rate: 0.3}
+    finetune: {max_steps: 300, batch_size: 64}
+
+Any key can be overridden on the command line: ``--set finetune.max_steps=50``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from codefusion.errors import UserError
+
+
+class RunConfigError(UserError):
+    """A run config file or override is invalid."""
+
+
+@dataclass
+class StageConfig:
+    """One training stage (pre-training or fine-tuning)."""
+
+    max_steps: int = 1000
+    batch_size: int = 64
+    lr: float = 5e-4  # the paper's
+    weight_decay: float = 0.0  # the paper's: no weight decay
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    # Pre-training only: share of rows trained unconditionally (E(s) := noise); the rest are CPD.
+    uncond_ratio: float = 0.5
+    mask_rate: float = 0.3
+    # Validation: a held-out share of the training data (never the test split).
+    val_fraction: float = 0.02
+    val_every: int = 200
+    val_batches: int = 8
+    ckpt_every: int = 200
+    log_every: int = 10
+    ema_decay: float | None = None  # e.g. 0.999; None: no EMA
+    on_nan: str = "stop"  # stop | skip
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.on_nan not in ("stop", "skip"):
+            raise RunConfigError(f"on_nan must be 'stop' or 'skip', not {self.on_nan!r}")
+        if not 0.0 <= self.uncond_ratio <= 1.0 or not 0.0 <= self.mask_rate <= 1.0:
+            raise RunConfigError("uncond_ratio and mask_rate must lie in [0, 1]")
+        if self.max_steps < 1 or self.batch_size < 1:
+            raise RunConfigError("max_steps and batch_size must be positive")
+
+
+@dataclass
+class TokenizerConfig:
+    path: str = "runs/tokenizers/all-16k"
+    vocab_size: int = 16384
+    languages: list[str] = field(default_factory=lambda: ["cf", "bash", "python"])
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    language: str = "cf"
+    out_dir: str = "runs"
+    data_dir: str | None = None  # else $CODEFUSION_DATA
+    python_corpus: str | None = None  # built from the stdlib when absent
+    seed: int = 0
+    encoder_path: str | None = None  # a local T5-family checkpoint for E
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "paper"})
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    pretrain: StageConfig | None = field(default_factory=StageConfig)
+    finetune: StageConfig | None = field(default_factory=StageConfig)
+    # Trainer: "auto" picks the GPU when present; precision "auto" = bf16-mixed on GPU, fp32 on CPU.
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"  # e.g. "ddp" for several GPUs (Lightning's own strategies)
+    precision: str = "auto"
+    compile: bool = False  # torch.compile the model (pays on GPU for long runs)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+def _build(cls, d: dict[str, Any], where: str):
+    if not isinstance(d, dict):
+        raise RunConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise RunConfigError(f"{where}: unknown keys {', '.join(unknown)}")
+    kwargs = {}
+    for k, v in d.items():
+        if k == "tokenizer":
+            v = _build(TokenizerConfig, v, f"{where}.tokenizer")
+        elif k in ("pretrain", "finetune") and v is not None:
+            v = _build(StageConfig, v, f"{where}.{k}")
+        kwargs[k] = v
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise RunConfigError(f"{where}: {e}") from None
+
+
+def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        if d.get(k) is None:
+            d[k] = {}
+        d = d[k]
+    d[keys[-1]] = value
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML run config and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise RunConfigError(f"config file {p} not found")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise RunConfigError(f"{p}: invalid YAML ({e})") from None
+    for item in overrides:
+        if "=" not in item:
+            raise RunConfigError(f"override {item!r} must look like key.sub=value")
+        key, value = item.split("=", 1)
+        _set(raw, key.strip(), yaml.safe_load(value))
+    cfg = _build(RunConfig, raw, str(path or "config"))
+    if cfg.language not in ("cf", "bash", "python"):
+        raise RunConfigError(f"language must be cf, bash or python, not {cfg.language!r}")
+    return cfg

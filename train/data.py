@@ -1,0 +1,179 @@
+"""Training data for both stages, as a LightningDataModule.
+
+- Pre-training (stage 1): code snippets only. Each row is either *unconditional* (E(s) is
+  replaced by noise in the objective) or *code CPD* (identifiers and keywords masked in the
+  encoder's input; the target is the whole snippet), in the ratio ``uncond_ratio``.
+- Fine-tuning (stage 2): (prompt, code) pairs of the benchmark's train split.
+A small held-out share of the training rows is the validation set; the test split is never read.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from codefusion.data import load_benchmark, load_snippets
+from codefusion.diffusion import Batch
+from codefusion.masking import mask_code
+from codefusion.tokenizer import CodeTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Row:
+    prompt: str
+    code: str
+    uncond: bool = False
+
+
+class PretrainDataset(Dataset):
+    """Snippets turned into unconditional or CPD rows; the choice and the mask are seeded per
+    (seed, epoch, index), so a run is reproducible and a resumed run sees the same rows."""
+
+    def __init__(
+        self,
+        snippets: Sequence[str],
+        lang: str,
+        uncond_ratio: float,
+        mask_rate: float,
+        mask_token: str,
+        seed: int,
+    ) -> None:
+        self.snippets, self.lang = list(snippets), lang
+        self.uncond_ratio, self.mask_rate, self.mask_token = uncond_ratio, mask_rate, mask_token
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return len(self.snippets)
+
+    def __getitem__(self, i: int) -> Row:
+        code = self.snippets[i]
+        rng = random.Random(f"{self.seed}/{self.epoch}/{i}")
+        if rng.random() < self.uncond_ratio:
+            return Row("", code, uncond=True)
+        return Row(mask_code(code, self.lang, self.mask_rate, rng, self.mask_token), code)
+
+
+class PairDataset(Dataset):
+    """(prompt, code) pairs for fine-tuning."""
+
+    def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
+        self.pairs = list(pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> Row:
+        return Row(*self.pairs[i])
+
+
+class Collator:
+    """Rows -> a padded ``Batch`` on the fixed code canvas."""
+
+    def __init__(self, tokenizer: CodeTokenizer, max_prompt_len: int, code_len: int) -> None:
+        self.tok, self.max_prompt_len, self.code_len = tokenizer, max_prompt_len, code_len
+
+    def __call__(self, rows: list[Row]) -> Batch:
+        ids, mask, _ = self.tok.encode_prompts([r.prompt for r in rows], self.max_prompt_len)
+        code, _ = self.tok.encode_code([r.code for r in rows], self.code_len)
+        return Batch(ids, mask, code, torch.tensor([r.uncond for r in rows]))
+
+
+def split_holdout(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A deterministic (train, val) split; val has at least one item when fraction > 0."""
+    if fraction <= 0 or len(items) < 2:
+        return items, []
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(len(items) * fraction))
+    val = set(order[:n_val])
+    return [x for i, x in enumerate(items) if i not in val], [items[i] for i in sorted(val)]
+
+
+class CodeFusionDataModule(L.LightningDataModule):
+    """Data of one stage: ``stage`` is "pretrain" or "finetune"."""
+
+    def __init__(
+        self,
+        stage: str,
+        lang: str,
+        tokenizer: CodeTokenizer,
+        max_prompt_len: int,
+        code_len: int,
+        batch_size: int,
+        uncond_ratio: float = 0.5,
+        mask_rate: float = 0.3,
+        val_fraction: float = 0.02,
+        seed: int = 0,
+        data_dir: str | None = None,
+        python_corpus: str | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if stage not in ("pretrain", "finetune"):
+            raise ValueError(f"unknown stage {stage!r}")
+        self.stage, self.lang, self.tok = stage, lang, tokenizer
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.collate = Collator(tokenizer, max_prompt_len, code_len)
+        self.kw = dict(uncond_ratio=uncond_ratio, mask_rate=mask_rate)
+        self.val_fraction, self.data_dir, self.python_corpus = val_fraction, data_dir, python_corpus
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        if self.stage == "pretrain":
+            # Snippet files repeat lines heavily (CF: 226K lines, 3.5K distinct): train on distinct.
+            snippets = list(
+                dict.fromkeys(load_snippets(self.lang, self.data_dir, self.python_corpus))
+            )
+            train, val = split_holdout(snippets, self.val_fraction, self.seed)
+            make = lambda xs: PretrainDataset(  # noqa: E731
+                xs, self.lang, mask_token=self.tok.mask_token, seed=self.seed, **self.kw
+            )
+            self.train_set, self.val_set = make(train), make(val)
+        else:
+            examples, report = load_benchmark(self.lang, "train", self.data_dir)
+            log.info("fine-tuning data (%s train): %s", self.lang, report)
+            pairs = [(e.prompt, e.code) for e in examples]
+            train, val = split_holdout(pairs, self.val_fraction, self.seed)
+            self.train_set, self.val_set = PairDataset(train), PairDataset(val)
+        _, cut = self.tok.encode_code(
+            [r.code for r in (self.train_set[i] for i in range(min(2000, len(self.train_set))))],
+            self.collate.code_len,
+        )
+        if any(cut):
+            log.warning(
+                "%.1f%% of sampled training code is longer than the canvas and is cut",
+                100 * sum(cut) / len(cut),
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(self.train_set, PretrainDataset):
+            self.train_set.epoch = epoch
+
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=gen if shuffle else None,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            drop_last=shuffle and len(ds) >= self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

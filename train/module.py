@@ -1,0 +1,104 @@
+"""The LightningModule: one training step = the objective on one batch. Nothing stage-specific
+lives here: the stages differ only in their data (train/data.py) and their starting weights."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import lightning as L
+import torch
+
+from codefusion.config import CodeFusionConfig
+from codefusion.diffusion import Batch, CodeFusionObjective
+from codefusion.model import CodeFusionModel
+from codefusion.schedule import SqrtSchedule
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training met a NaN/inf loss and was configured to stop."""
+
+
+class CodeFusionModule(L.LightningModule):
+    """Wraps ``CodeFusionModel`` with the objective, AdamW and a warm-up schedule."""
+
+    def __init__(
+        self,
+        model: CodeFusionModel,
+        lr: float = 5e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        max_steps: int = 1000,
+        pad_weight: float = 0.1,
+        on_nan: str = "stop",
+    ) -> None:
+        super().__init__()
+        self.model = model
+        cfg: CodeFusionConfig = model.config
+        self.schedule = SqrtSchedule(cfg.diffusion_steps, cfg.schedule_offset)
+        self.objective = CodeFusionObjective(self.schedule, pad_weight=pad_weight)
+        self.lr, self.weight_decay = lr, weight_decay
+        self.warmup_steps, self.max_steps, self.on_nan = warmup_steps, max_steps, on_nan
+        self.skipped_nonfinite = 0
+
+    def on_train_epoch_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "set_epoch"):
+            dm.set_epoch(self.current_epoch)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        out = self.objective(self.model, batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            step = self.global_step
+            if self.on_nan == "skip":
+                self.skipped_nonfinite += 1
+                log.warning(
+                    "non-finite loss at step %d: step skipped (%d so far)",
+                    step,
+                    self.skipped_nonfinite,
+                )
+                self.log("train/skipped_nonfinite", float(self.skipped_nonfinite))
+                return None  # Lightning skips the optimizer step
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) at step {step}; stopping (on_nan=stop)"
+            )
+        self.log_dict(
+            {f"train/{k}": v for k, v in out.items()},
+            prog_bar=False,
+            batch_size=batch.code_ids.shape[0],
+        )
+        self.log("loss", loss, prog_bar=True, logger=False)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        # A fixed generator per batch: the validation loss is comparable across evaluations.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(1234 + batch_idx)
+            out = self.objective(self.model, batch)
+        self.log_dict(
+            {f"val/{k}": v for k, v in out.items()},
+            prog_bar=False,
+            batch_size=batch.code_ids.shape[0],
+        )
+        self.log("val_loss", out["loss"], prog_bar=True, batch_size=batch.code_ids.shape[0])
+
+    def configure_optimizers(self):
+        fused = self.device.type == "cuda" or torch.cuda.is_available()
+        opt = torch.optim.AdamW(
+            self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=fused or None
+        )
+
+        def lr_lambda(step: int) -> float:
+            # Linear warm-up, then cosine decay to 10% of the peak over the run.
+            if step < self.warmup_steps:
+                return (step + 1) / self.warmup_steps
+            progress = min(
+                1.0, (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+            )
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

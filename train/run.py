@@ -1,0 +1,192 @@
+"""Run the two training stages of a config and export a model directory after each.
+
+<out_dir>/<name>/pretrain/{checkpoints/, logs/, model/}
+<out_dir>/<name>/finetune/{checkpoints/, logs/, model/}    (starts from pretrain/model)
+<out_dir>/<name>/model -> the last stage's export, what `codefusion generate` loads
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+
+from codefusion.config import preset
+from codefusion.pipeline import CodeFusion, build_model
+from codefusion.tokenizer import CodeTokenizer, train_bpe
+from train.config import RunConfig, RunConfigError, StageConfig
+from train.data import CodeFusionDataModule
+from train.module import CodeFusionModule
+
+log = logging.getLogger(__name__)
+STAGES = ("pretrain", "finetune")
+
+
+def ensure_tokenizer(cfg: RunConfig) -> CodeTokenizer:
+    """Load the configured tokenizer, training and saving it first if the folder is empty."""
+    path = Path(cfg.tokenizer.path)
+    if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
+        return CodeTokenizer.from_pretrained(path)
+    from codefusion.data import load_benchmark, load_snippets
+
+    def corpus():
+        for lang in cfg.tokenizer.languages:
+            for ex in load_benchmark(lang, "train", cfg.data_dir)[0]:
+                yield ex.code
+                yield ex.prompt
+            yield from dict.fromkeys(load_snippets(lang, cfg.data_dir, cfg.python_corpus))
+
+    tok = CodeTokenizer(train_bpe(corpus(), cfg.tokenizer.vocab_size))
+    tok.save_pretrained(path)
+    log.info(
+        "trained a %d-token BPE on %s -> %s", len(tok), "+".join(cfg.tokenizer.languages), path
+    )
+    return tok
+
+
+def _precision(cfg: RunConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def trainer_for(
+    cfg: RunConfig, st: StageConfig, stage_dir: Path, progress: bool = True
+) -> L.Trainer:
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    callbacks: list = [
+        ModelCheckpoint(
+            dirpath=stage_dir / "checkpoints",
+            filename="step{step}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=st.ckpt_every,
+            save_last=True,
+            save_top_k=1,
+        ),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    if st.ema_decay:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        callbacks.append(EMAWeightAveraging(decay=st.ema_decay))
+    loggers: list = [CSVLogger(stage_dir, name="logs")]
+    try:
+        import tensorboard  # noqa: F401  (optional dependency)
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(stage_dir, name="tb"))
+    except ImportError:
+        pass
+    return L.Trainer(
+        max_steps=st.max_steps,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        precision=_precision(cfg),
+        gradient_clip_val=st.grad_clip,
+        val_check_interval=st.val_every,
+        check_val_every_n_epoch=None,
+        limit_val_batches=st.val_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=st.log_every,
+        default_root_dir=stage_dir,
+        callbacks=callbacks,
+        logger=loggers,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+    )
+
+
+def run_stage(
+    cfg: RunConfig,
+    stage: str,
+    init_from: Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Train one stage; returns the exported model directory."""
+    st: StageConfig | None = getattr(cfg, stage)
+    if st is None:
+        raise RunConfigError(f"the config has no {stage} section")
+    stage_dir = cfg.run_dir / stage
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    tok = ensure_tokenizer(cfg)
+    if init_from is not None:
+        model = CodeFusion.from_pretrained(init_from).model.train()
+        if model.config.vocab_size != len(tok):
+            raise RunConfigError(
+                f"{init_from} was trained with another tokenizer than {cfg.tokenizer.path}"
+            )
+    else:
+        mcfg = dict(cfg.model)
+        model = build_model(preset(mcfg.pop("preset", "paper"), **mcfg), tok, cfg.encoder_path)
+    if cfg.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+    mc = model.config
+    dm = CodeFusionDataModule(
+        stage,
+        cfg.language,
+        tok,
+        mc.max_prompt_len,
+        mc.code_len,
+        st.batch_size,
+        uncond_ratio=st.uncond_ratio,
+        mask_rate=st.mask_rate,
+        val_fraction=st.val_fraction,
+        seed=cfg.seed,
+        data_dir=cfg.data_dir,
+        python_corpus=cfg.python_corpus,
+        num_workers=st.num_workers,
+    )
+    module = CodeFusionModule(
+        model,
+        lr=st.lr,
+        weight_decay=st.weight_decay,
+        warmup_steps=st.warmup_steps,
+        max_steps=st.max_steps,
+        on_nan=st.on_nan,
+    )
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if resume and last.is_file() else None
+    if ckpt_path:
+        log.info("resuming %s from %s", stage, last)
+    trainer = trainer_for(cfg, st, stage_dir, progress)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    export = stage_dir / "model"
+    if trainer.is_global_zero:
+        CodeFusion(module.model.eval(), tok).save_pretrained(export)
+    return export
+
+
+def run(
+    cfg: RunConfig, stages: tuple[str, ...] = STAGES, resume: bool = True, progress: bool = True
+) -> Path:
+    """Run the requested stages in order; fine-tuning starts from the pre-training export."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir / "run_config.yaml").write_text(
+        yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+    )
+    export: Path | None = None
+    for stage in stages:
+        if getattr(cfg, stage) is None:
+            continue
+        init = export
+        if stage == "finetune" and init is None and (cfg.run_dir / "pretrain" / "model").is_dir():
+            init = cfg.run_dir / "pretrain" / "model"
+        export = run_stage(cfg, stage, init_from=init, resume=resume, progress=progress)
+    if export is None:
+        raise RunConfigError(
+            "nothing to run: the config has neither a pretrain nor a finetune section"
+        )
+    final = cfg.run_dir / "model"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(export, final)
+    return final
