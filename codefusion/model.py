@@ -23,6 +23,7 @@ from torch import nn
 from transformers import T5Config, T5EncoderModel
 
 from codefusion.config import CodeFusionConfig
+from codefusion.kernels import modulated_layer_norm
 
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [B, heads, S, head_dim]
 
@@ -65,11 +66,6 @@ def mlp(dim: int, mult: int, dropout: float) -> nn.Sequential:
     )
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: x * (1 + scale) + shift, with [B, dim] parameters broadcast over positions."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
-
-
 class Block(nn.Module):
     """Pre-norm transformer block: self-attention, cross-attention to E, MLP.
 
@@ -109,7 +105,9 @@ class Block(nn.Module):
         mods = (cond + self.mod_offset).unbind(1)  # 9 x [B, d]
         for i, (norm, f) in enumerate(zip(self.norms, branches, strict=True)):
             shift, scale, gate = mods[3 * i : 3 * i + 3]
-            x = x + (1 + gate.unsqueeze(1)) * self.drop(f(modulate(norm(x), shift, scale)))
+            # adaLN: LayerNorm(x) * (1 + scale) + shift, one fused Triton pass on CUDA.
+            h = modulated_layer_norm(x, shift, scale, norm.eps)
+            x = x + (1 + gate.unsqueeze(1)) * self.drop(f(h))
         return x
 
 
