@@ -34,8 +34,24 @@ def test_cached_cross_attention_equals_uncached(tiny_model, steps):
     kw = dict(steps=steps, eta=0.5)
     if steps is None:  # all 1200 steps is slow on CPU with the uncached path: shorten T
         tiny_model.schedule.__init__(60)
-    a = sample(m, tiny_model.schedule, enc, mask, torch.Generator().manual_seed(3), cache_cross_kv=True, **kw)
-    b = sample(m, tiny_model.schedule, enc, mask, torch.Generator().manual_seed(3), cache_cross_kv=False, **kw)
+    a = sample(
+        m,
+        tiny_model.schedule,
+        enc,
+        mask,
+        torch.Generator().manual_seed(3),
+        cache_cross_kv=True,
+        **kw,
+    )
+    b = sample(
+        m,
+        tiny_model.schedule,
+        enc,
+        mask,
+        torch.Generator().manual_seed(3),
+        cache_cross_kv=False,
+        **kw,
+    )
     torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-5)
     assert torch.equal(a.tokens, b.tokens)
 
@@ -96,7 +112,9 @@ def test_long_prompt_is_truncated_with_a_warning(tiny_model):
 def test_other_scripts_and_control_characters_are_fine(tiny_model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        out = tiny_model.generate(["値が5より大きい", "\x00\x07tab\there", "🙂 emoji"], k=1, num_draws=1, steps=2)
+        out = tiny_model.generate(
+            ["値が5より大きい", "\x00\x07tab\there", "🙂 emoji"], k=1, num_draws=1, steps=2
+        )
     assert len(out) == 3
 
 
@@ -107,7 +125,22 @@ def model_dir(tiny_model, tmp_path):
 
 
 def test_cli_generate_json(model_dir, capsys):
-    assert cli(["generate", "--model", str(model_dir), "--k", "2", "--steps", "4", "--json", "cells > 5"]) == 0
+    assert (
+        cli(
+            [
+                "generate",
+                "--model",
+                str(model_dir),
+                "--k",
+                "2",
+                "--steps",
+                "4",
+                "--json",
+                "cells > 5",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["prompt"] == "cells > 5" and 1 <= len(out["candidates"]) <= 2
 
@@ -120,7 +153,10 @@ def test_cli_show_steps(model_dir, capsys):
 
 def test_model_dir_problems_are_one_line_errors(model_dir, tmp_path, capsys):
     assert cli(["generate", "--model", str(tmp_path / "nope"), "x"]) == 2
-    assert capsys.readouterr().err.strip() == f"error: model directory {tmp_path / 'nope'} does not exist"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: model directory {tmp_path / 'nope'} does not exist"
+    )
     (model_dir / "model.safetensors").rename(tmp_path / "w.safetensors")
     assert cli(["generate", "--model", str(model_dir), "x"]) == 2
     assert "missing model.safetensors" in capsys.readouterr().err

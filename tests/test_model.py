@@ -79,7 +79,11 @@ def test_code_embedding_has_fixed_norm(tiny_model):
 
 def test_save_load_round_trip_is_bit_identical(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path / "m")
-    assert {p.name for p in (tmp_path / "m").iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
+    assert {p.name for p in (tmp_path / "m").iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    }
     loaded = CodeFusion.from_pretrained(tmp_path / "m")
     a, b = tiny_model.model.state_dict(), loaded.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
