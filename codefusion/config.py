@@ -111,6 +111,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_prompt_len=48,
         dropout=0.0,
     ),
+    # A CPU-scale model (~1.5M parameters with a 1K vocabulary): the README's CPU results.
+    "small": dict(
+        encoder_dim=128,
+        encoder_layers=2,
+        encoder_heads=4,
+        encoder_ff=256,
+        hidden_dim=128,
+        heads=4,
+        ff_mult=4,
+        denoiser_layers=4,
+        decoder_layers=2,
+        latent_dim=64,
+        code_len=24,
+        max_prompt_len=64,
+        dropout=0.0,
+    ),
 }
 
 
