@@ -1,0 +1,70 @@
+"""Per-benchmark scoring rules: what counts as correct, how candidates are normalised and
+tokenised for diversity, and what counts as syntactically valid."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+from codefusion.data import Example
+from eval.metrics import bash as bash_m
+from eval.metrics import cf as cf_m
+from eval.metrics import python as py_m
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How one benchmark is scored."""
+
+    name: str
+    metric: str  # the metric variant, as printed beside every number
+    correct: Callable[[str, Example], tuple[bool, str]]  # (correct, decided_by)
+    normalise: Callable[[str], Hashable]  # semantic normal form for unique@k
+    tokenize: Callable[[str], list[str]]  # code tokens for distinct-4 and edit distance
+    is_valid: Callable[[str], bool]
+
+
+_CF_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def _cf_normalise(code: str) -> str:
+    from codefusion.cfrules import CFError, canonical
+
+    try:
+        return canonical(code)
+    except CFError:
+        return " ".join(code.split())
+
+
+def _python_correct(pred: str, ex: Example) -> tuple[bool, str]:
+    decided = "ast" if py_m.is_valid(ex.code) else "text"
+    return py_m.exact_match(pred, ex.code), decided
+
+
+SCORING: dict[str, Scoring] = {
+    "cf": Scoring(
+        "cf",
+        "execution match on the item's Data (canonical form when it has no rows)",
+        lambda pred, ex: cf_m.exec_match(pred, ex.code, ex.data),
+        _cf_normalise,
+        _CF_TOKEN.findall,
+        cf_m.is_valid,
+    ),
+    "bash": Scoring(
+        "bash",
+        "template match (our bashlex template; string match when bashlex cannot parse)",
+        lambda pred, ex: bash_m.template_match(pred, ex.code),
+        lambda c: bash_m.template(c) or bash_m.normalise_whitespace(c),
+        str.split,
+        bash_m.is_valid,
+    ),
+    "python": Scoring(
+        "python",
+        "exact match after normalisation (ast.dump, else whitespace); not CodeBERTScore",
+        _python_correct,
+        py_m.normalise,
+        py_m.conala_tokenize,
+        py_m.is_valid,
+    ),
+}

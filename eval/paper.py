@@ -1,0 +1,39 @@
+"""The paper's numbers, as gathered in ``../shared/docs/codefusion-paper.md``.
+
+Tags follow that page: "paper" stated in summaries of the paper, "est" from one secondary
+source. ``None``: not reported there.
+"""
+
+from __future__ import annotations
+
+# benchmark -> system -> {"top1", "top3", "top5"} (%), with the metric the paper used.
+PAPER_TOPK: dict[str, dict] = {
+    "python": {
+        "metric": "CodeBERTScore",
+        "CodeFusion 75M": {"top1": 80.7, "top3": None, "top5": 90.3, "tag": "est"},
+        "GPT-3 175B": {"top1": 82.5, "top3": None, "top5": 85.8, "tag": "est"},
+    },
+    "bash": {
+        "metric": "template match (NL2Bash)",
+        "CodeFusion 75M": {"top1": None, "top3": None, "top5": 72.0, "tag": "est"},
+        "CodeT5 770M": {"top1": None, "top3": None, "top5": 70.5, "tag": "est"},
+    },
+    "cf": {
+        "metric": "execution match",
+        "CodeFusion 75M": {"top1": None, "top3": None, "top5": 78.5, "tag": "est"},
+        "CodeT5 770M": {"top1": None, "top3": None, "top5": 75.8, "tag": "est"},
+    },
+}
+
+# Syntactically valid top-1 (%) [est].
+PAPER_VALIDITY = {
+    "python": {"CodeFusion": 67.6, "GENIE": 24.2},
+    "bash": {"CodeFusion": 73.4, "GENIE": 54.2},
+    "cf": {"CodeFusion": 94.5, "GENIE": 78.6},
+}
+
+# Diversity of the top-5 [est]; the paper's exact definitions are unknown.
+PAPER_DIVERSITY = {
+    "4-gram diversity": {"CodeFusion": 0.81, "StarCoder": 0.61},
+    "mean normalised edit distance": {"CodeFusion": 0.57, "GPT-3": 0.21},
+}

@@ -1,0 +1,84 @@
+"""Combined tables for all benchmarks and systems, and a quality-vs-diversity plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from codefusion.errors import UserError
+from eval.paper import PAPER_TOPK
+
+
+def load_results(dirs: list[Path]) -> list[dict[str, Any]]:
+    """metrics.json of each result folder (a folder may also hold result folders one level down)."""
+    found = []
+    for d in dirs:
+        files = (
+            [d / "metrics.json"]
+            if (d / "metrics.json").is_file()
+            else sorted(d.glob("*/metrics.json"))
+        )
+        if not files:
+            raise UserError(f"{d}: no metrics.json found")
+        for f in files:
+            try:
+                found.append(json.loads(f.read_text()))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{f}: malformed JSON ({e.msg})") from None
+    return found
+
+
+def combined_markdown(results: list[dict[str, Any]]) -> str:
+    fmt = lambda v: "–" if v is None else f"{v:.1f}"  # noqa: E731
+    out = [
+        "| benchmark | system | metric | top-1 | top-3 | top-5 | valid top-1 | unique@5 | distinct-4 | edit dist. |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for b in ("python", "bash", "cf"):
+        rows = [r for r in results if r["benchmark"] == b]
+        for r in rows:
+            d = r["diversity"]
+            out.append(
+                f"| {b} | {r['system']} | {r['metric']} | {fmt(r['top1'])} | {fmt(r['top3'])} | {fmt(r['top5'])} "
+                f"| {fmt(r['valid_top1'])} | {d['unique@k']:.2f} | {d['distinct-4']:.2f} "
+                f"| {d['mean_pairwise_edit_distance']:.2f} |"
+            )
+        if rows:
+            paper = PAPER_TOPK[b]
+            for name, p in paper.items():
+                if name != "metric":
+                    out.append(
+                        f"| {b} | {name} (paper, {p['tag']}) | {paper['metric']} | {fmt(p['top1'])} "
+                        f"| {fmt(p['top3'])} | {fmt(p['top5'])} | | | | |"
+                    )
+    return "\n".join(out) + "\n"
+
+
+def quality_diversity_plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Top-5 accuracy against mean pairwise edit distance, one point per (system, benchmark)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    markers = {"python": "o", "bash": "s", "cf": "^"}
+    for r in results:
+        x, y = r["diversity"]["mean_pairwise_edit_distance"], r["top5"]
+        ax.scatter(x, y, marker=markers[r["benchmark"]], s=60)
+        ax.annotate(
+            f"{r['system']} / {r['benchmark']}",
+            (x, y),
+            textcoords="offset points",
+            xytext=(5, 5),
+            fontsize=8,
+        )
+    ax.set_xlabel("diversity: mean pairwise normalised edit distance of the top-5")
+    ax.set_ylabel("top-5 accuracy (%)")
+    ax.set_title("Quality vs diversity")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
