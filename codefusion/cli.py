@@ -20,11 +20,15 @@ DEFAULT_CACHE = Path.home() / ".cache" / "codefusion"
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from codefusion.pipeline import CodeFusion
+    from codefusion.auto import load_generator
+    from codefusion.baseline import ARBaseline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cf = CodeFusion.from_pretrained(args.model, device=device)
+    cf = load_generator(args.model, device=device)
+    ar = isinstance(cf, ARBaseline)  # `--mode` goes to the baseline only
     if args.show_steps:
+        if ar:
+            raise UserError("--show-steps needs a diffusion model, not the autoregressive baseline")
         _show_steps(cf, args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -37,6 +41,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             eta=args.eta,
             clamp=args.clamp,
             syntax_rank=args.syntax_rank,
+            **({"mode": args.mode} if ar and args.mode else {}),
         )
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
@@ -151,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print JSON instead of a list")
     g.add_argument(
         "--show-steps", action="store_true", help="replay the denoising of the first draw"
+    )
+    g.add_argument(
+        "--mode",
+        choices=["beam", "sample"],
+        help="autoregressive baseline only: beam search (default) or nucleus sampling",
     )
     g.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     g.set_defaults(func=_cmd_generate)

@@ -93,6 +93,8 @@ def _read_json(path: Path) -> Any:
             return json.load(f)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read") from None
     except json.JSONDecodeError as e:
         raise DataError(
             f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}"

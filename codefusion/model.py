@@ -141,8 +141,11 @@ class Stack(nn.Module):
         cross_kv: list[KV],
         cross_mask: torch.Tensor | None,
         cond: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,  # [B, d] added to every position
     ) -> torch.Tensor:
         x = self.in_proj(z) + self.pos[: z.shape[1]]
+        if bias is not None:
+            x = x + bias.unsqueeze(1)
         for blk, kv in zip(self.blocks, cross_kv, strict=True):
             x = blk(x, kv, cross_mask, cond)
         return self.out_proj(self.norm(x))
@@ -169,10 +172,7 @@ class Denoiser(Stack):
         temb = self.time_mlp(timestep_embedding(t, self.in_proj.out_features))  # [B, d]
         cond = self.time_mod(temb).view(t.shape[0], 9, -1)
         # The timestep enters twice: added to every position, and through adaLN modulation.
-        x = self.in_proj(x_t) + self.pos[: x_t.shape[1]] + temb.unsqueeze(1)
-        for blk, kv in zip(self.blocks, cross_kv, strict=True):
-            x = blk(x, kv, cross_mask, cond)
-        return self.out_proj(self.norm(x))
+        return self.run(x_t, cross_kv, cross_mask, cond=cond, bias=temb)
 
 
 class Decoder(Stack):

@@ -139,6 +139,12 @@ class CodeFusion:
                 raise GenerationError(f"prompt {i} is a {type(p).__name__}, not text")
             if not p.strip() and not allow_empty:
                 raise GenerationError(f"prompt {i} is empty")
+            try:
+                p.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates, e.g. bytes decoded with surrogateescape
+                raise GenerationError(
+                    f"prompt {i} is not valid Unicode text (lone surrogates)"
+                ) from None
         return prompts
 
     @torch.no_grad()
@@ -153,8 +159,15 @@ class CodeFusion:
         cache_cross_kv: bool = True,
         trace_at: set[int] | None = None,
         allow_empty: bool = False,
+        fast: bool | None = None,
     ) -> SampleOutput:
-        """Raw draws for each prompt: ``num_draws`` consecutive rows per prompt."""
+        """Raw draws for each prompt: ``num_draws`` consecutive rows per prompt.
+
+        ``fast`` (default: True on CUDA, False on CPU) replays one CUDA-graph-captured bf16
+        denoising step per step (see ``codefusion.sampler``); on CPU it is the plain loop.
+        """
+        if fast is None:
+            fast = self.device.type == "cuda"
         prompts = self._check_prompts(prompts, allow_empty)
         cfg = self.config
         ids, mask, truncated = self.tokenizer.encode_prompts(prompts, cfg.max_prompt_len)
@@ -180,6 +193,7 @@ class CodeFusion:
             clamp=clamp,
             cache_cross_kv=cache_cross_kv,
             trace_at=trace_at,
+            fast=fast,
         )
 
     def generate(
@@ -193,6 +207,7 @@ class CodeFusion:
         clamp: bool = False,
         syntax_rank: str | None = None,
         allow_empty: bool = False,
+        fast: bool | None = None,
     ) -> list[Candidate] | list[list[Candidate]]:
         """Top-k programs per prompt, best first, duplicates removed.
 
@@ -201,6 +216,8 @@ class CodeFusion:
         diffusion steps; fewer are respaced (DDIM). ``syntax_rank`` ("python", "bash" or "cf")
         moves candidates that do not parse below those that do. The same seed gives the same
         output. A single prompt string returns one list; a list of prompts, a list of lists.
+        ``fast`` (default: True on CUDA, False on CPU): the CUDA-graph bf16 sampler, from the
+        same noise as the plain loop (bf16 rounding can still change a close token choice).
         """
         single = isinstance(prompts, str)
         num_draws = 2 * k if num_draws is None else num_draws
@@ -214,7 +231,14 @@ class CodeFusion:
             )
         plist = self._check_prompts(prompts, allow_empty)
         out = self.sample_draws(
-            plist, num_draws, steps=steps, seed=seed, eta=eta, clamp=clamp, allow_empty=allow_empty
+            plist,
+            num_draws,
+            steps=steps,
+            seed=seed,
+            eta=eta,
+            clamp=clamp,
+            allow_empty=allow_empty,
+            fast=fast,
         )
         results = [
             rank_candidates(

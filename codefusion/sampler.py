@@ -4,10 +4,20 @@ All draws of all prompts run as one batch. The prompt is encoded once and the cr
 keys/values of E's output are computed once per call (``cache_cross_kv=True``): every one of
 the up-to-1200 denoising steps reuses them. Steps follow DDIM: with ``eta = 0`` a respaced run
 of S < T steps is deterministic given x_T; ``eta = 1`` is ancestral sampling.
+
+Fast path (``sample(..., fast=True)`` on CUDA): the loop has fixed shapes, so one denoising step
+(N's forward and the DDIM update, see :func:`ddim_step`) is captured once as a CUDA graph over
+static buffers and replayed for every step, under bf16 autocast; the timestep and the step's
+coefficients are device tensors copied into the graph's inputs before each replay, so one graph
+serves every step of every call of the same shape. ``eta > 0`` works: each step's noise is drawn
+from the caller's generator into a static buffer before the replay, in the plain loop's order.
+On CPU, or with ``cache_cross_kv=False``, ``fast=True`` runs the plain loop.
 """
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -58,8 +68,15 @@ def sample(
     clamp: bool = False,
     cache_cross_kv: bool = True,
     trace_at: set[int] | None = None,
+    fast: bool = False,
 ) -> SampleOutput:
-    """Denoise one batch of draws; ``steps`` None means all T steps."""
+    """Denoise one batch of draws; ``steps`` None means all T steps.
+
+    ``fast=True`` takes the CUDA-graph path on CUDA tensors (bf16, cached K/V; see the module
+    docstring); elsewhere, and with ``cache_cross_kv=False``, it runs this plain loop.
+    """
+    if fast and enc.is_cuda and cache_cross_kv:
+        return sample_fast(model, schedule, enc, cross_mask, generator, steps, eta, clamp, trace_at)
     cfg = model.config
     n = enc.shape[0]
     x = torch.randn(
@@ -98,4 +115,280 @@ def sample(
                 x.shape, generator=generator, device=x.device, dtype=x.dtype
             )
     tokens, scores = decode_tokens(model, x, kv_d or model.decoder.cross_kv(enc), cross_mask)
+    return SampleOutput(tokens, scores, trace)
+
+
+# --- fast path: one denoising step over static buffers, captured once as a CUDA graph ----------
+
+
+def step_plan(
+    schedule: SqrtSchedule, ts: list[int], eta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-step inputs of :func:`ddim_step` for the descending steps ``ts``, on the schedule's
+    device: ``t`` [S] int64 and ``coef`` [S, 5] fp32 with columns ``sqrt(ab_t)``,
+    ``sqrt(1 - ab_t)``, ``sqrt(ab_prev)``, ``sqrt(1 - ab_prev - sigma^2)`` and ``sigma``: the
+    plain loop's formulas, elementwise. The last step has no successor; its row uses
+    ``ab_prev = ab_t`` (sigma 0), a finite placeholder: the sampler takes that step's x̂0."""
+    ab = schedule.alphas_cumprod
+    t = torch.tensor(ts, dtype=torch.long, device=ab.device)
+    prev = torch.tensor(ts[1:] + ts[-1:], dtype=torch.long, device=ab.device)
+    a_t, a_prev = ab[t], ab[prev]
+    sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp_min(0).sqrt()
+    coef = torch.stack(
+        [
+            schedule.sqrt_ab[t],
+            schedule.sqrt_1m_ab[t],
+            a_prev.sqrt(),
+            (1 - a_prev - sigma**2).clamp_min(0).sqrt(),
+            sigma,
+        ],
+        dim=1,
+    )
+    return t, coef
+
+
+def ddim_step(
+    model: CodeFusionModel,
+    x: torch.Tensor,  # [N, C, Dz] x_t
+    t: torch.Tensor,  # [N] int64
+    coef: torch.Tensor,  # [5], one row of step_plan's coef
+    kv: list[KV],  # N's cross-attention keys/values
+    cross_mask: torch.Tensor | None,  # [N, 1, 1, S]
+    table: torch.Tensor | None = None,  # [V, Dz]: clamp x̂0 to the nearest token embedding
+    noise: torch.Tensor | None = None,  # [N, C, Dz]: eta > 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step x_t -> (x_prev, x̂0): the plain loop's body with every per-step number a
+    tensor, so that a single CUDA graph captured from it serves every step."""
+    sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, c_eps, sigma = coef.unbind(0)
+    out = model.denoise(x, t, kv, cross_mask).to(x.dtype)
+    x0 = out if model.config.prediction == "x0" else (x - sqrt_1m_ab * out) / sqrt_ab
+    if table is not None:
+        x0 = nearest_embedding(x0, table)
+    eps = (x - sqrt_ab * x0) / sqrt_1m_ab
+    x_prev = sqrt_ab_prev * x0 + c_eps * eps
+    if noise is not None:
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0
+
+
+class DenoiseStep:
+    """The fast path's state: static buffers, and :meth:`step`, which reads and writes only them.
+
+    ``step`` is the function the CUDA graph captures: it computes :func:`ddim_step` on ``x`` at
+    ``t`` with ``coef`` (and ``noise``), writes x̂0 to ``x0`` and x_prev over ``x``. Between
+    replays only the buffers' contents change, never their addresses: :meth:`load` fills the
+    per-call ones (x_T, N's cross-attention K/V padded to ``prompt_len`` with the padding masked
+    out, the clamping table), the sampler the per-step ones (``t``, ``coef``, ``noise``).
+    No reference to the model is kept (the graph holds none; ``step`` takes it as an argument).
+    """
+
+    def __init__(
+        self,
+        model: CodeFusionModel,
+        kv: list[KV],  # this call's K/V: shapes and dtype of the static copies
+        prompt_len: int,
+        x_dtype: torch.dtype,
+        clamp: bool,
+        with_noise: bool,
+        amp_dtype: torch.dtype | None,
+    ) -> None:
+        cfg = model.config
+        k0 = kv[0][0]
+        n, dev = k0.shape[0], k0.device
+        self.amp_dtype = amp_dtype
+        self.x = torch.zeros((n, cfg.code_len, cfg.latent_dim), dtype=x_dtype, device=dev)
+        self.x0 = torch.zeros_like(self.x)
+        self.t = torch.zeros((n,), dtype=torch.long, device=dev)
+        self.coef = torch.ones((5,), dtype=torch.float32, device=dev)
+        self.noise = torch.zeros_like(self.x) if with_noise else None
+        self.kv = [
+            tuple(
+                torch.zeros((n, a.shape[1], prompt_len, a.shape[3]), dtype=a.dtype, device=dev)
+                for a in pair
+            )
+            for pair in kv
+        ]
+        self.mask = torch.ones((n, 1, 1, prompt_len), dtype=torch.bool, device=dev)
+        self.table = (
+            torch.zeros((cfg.vocab_size, cfg.latent_dim), dtype=x_dtype, device=dev)
+            if clamp
+            else None
+        )
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def load(
+        self,
+        x: torch.Tensor,
+        kv: list[KV],
+        cross_mask: torch.Tensor | None,
+        table: torch.Tensor | None,
+    ) -> None:
+        """Copy one call's inputs into the static buffers (the prompt's K/V into the first
+        ``s`` positions; the rest zeroed and masked out)."""
+        s = kv[0][0].shape[2]
+        for static, pair in zip(self.kv, kv, strict=True):
+            for buf, a in zip(static, pair, strict=True):
+                buf[:, :, :s].copy_(a)
+                buf[:, :, s:].zero_()
+        self.mask.zero_()
+        if cross_mask is None:
+            self.mask[..., :s] = True
+        else:
+            self.mask[..., :s].copy_(cross_mask.expand(self.mask.shape[0], 1, 1, s))
+        self.x.copy_(x)
+        if self.table is not None:
+            self.table.copy_(table)
+
+    def step(self, model: CodeFusionModel) -> None:
+        """The captured function: one :func:`ddim_step` from and into the static buffers."""
+        # Autocast's weight-cast cache must be off under graph capture: the casts of the fp32
+        # weights are then part of the graph and read the current weights at every replay.
+        with torch.autocast(
+            self.x.device.type,
+            dtype=self.amp_dtype,
+            enabled=self.amp_dtype is not None,
+            cache_enabled=False,
+        ):
+            x_prev, x0 = ddim_step(
+                model, self.x, self.t, self.coef, self.kv, self.mask, self.table, self.noise
+            )
+        self.x0.copy_(x0)
+        self.x.copy_(x_prev)  # after every read of x: kernels run in stream order
+
+    def capture(self, model: CodeFusionModel, warmup: int = 2) -> None:
+        """Record :meth:`step` into a CUDA graph. Warm-up runs on a side stream first (lazy
+        cuBLAS/SDPA initialisation and Triton compilation must not happen during capture);
+        their results are overwritten by :meth:`load`."""
+        dev = self.x.device
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self.step(model)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.step(model)
+        self.graph = graph
+
+    def __call__(self, model: CodeFusionModel) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.step(model)
+
+
+# One DenoiseStep (and its graph) per model and call shape, reused across calls. Keyed on the
+# denoiser's parameter addresses too: a graph reads weights by address, so moving or replacing
+# them (model.to, a new Parameter) builds a new graph; in-place updates are seen by the old one.
+# Calls of one model share these buffers: do not sample from one model in two threads at once.
+_STEPS: weakref.WeakKeyDictionary[CodeFusionModel, dict[tuple, DenoiseStep]] = (
+    weakref.WeakKeyDictionary()
+)
+_MAX_STEPS_PER_MODEL = 4
+
+
+def _denoise_step_for(
+    model: CodeFusionModel,
+    kv: list[KV],
+    prompt_len: int,
+    x_dtype: torch.dtype,
+    clamp: bool,
+    with_noise: bool,
+    amp_dtype: torch.dtype | None,
+    use_graph: bool,
+) -> DenoiseStep:
+    k0 = kv[0][0]
+    key = (
+        tuple(k0.shape[:2]) + (prompt_len, k0.dtype, k0.device, x_dtype),
+        (clamp, with_noise, amp_dtype, use_graph, model.training),
+        tuple(p.data_ptr() for p in model.denoiser.parameters()),
+    )
+    cache = _STEPS.setdefault(model, {})
+    runner = cache.pop(key, None)
+    if runner is None:
+        runner = DenoiseStep(model, kv, prompt_len, x_dtype, clamp, with_noise, amp_dtype)
+        if use_graph:
+            try:
+                runner.capture(model)
+            except Exception as e:  # an op that cannot be captured: still correct, eagerly
+                warnings.warn(
+                    f"CUDA graph capture failed ({type(e).__name__}: {e}); "
+                    "the fast sampler runs its steps eagerly",
+                    stacklevel=3,
+                )
+                runner.graph = None
+        while len(cache) >= _MAX_STEPS_PER_MODEL:
+            cache.pop(next(iter(cache)))  # least recently used
+    cache[key] = runner  # (re)inserted last: most recently used
+    return runner
+
+
+@torch.no_grad()
+def sample_fast(
+    model: CodeFusionModel,
+    schedule: SqrtSchedule,
+    enc: torch.Tensor,
+    cross_mask: torch.Tensor | None,
+    generator: torch.Generator,
+    steps: int | None = None,
+    eta: float = 0.0,
+    clamp: bool = False,
+    trace_at: set[int] | None = None,
+    use_graph: bool | None = None,
+    amp_dtype: torch.dtype | None | str = "auto",
+) -> SampleOutput:
+    """The fast path of :func:`sample` (cached K/V always). ``use_graph`` None: a CUDA graph on
+    CUDA; ``amp_dtype`` "auto": bf16 on CUDA where supported, else fp32 (None). With
+    ``use_graph=False, amp_dtype=None`` it runs the captured step function eagerly in fp32 and
+    equals the plain loop (the CPU test of the graph path's logic)."""
+    cfg = model.config
+    dev = enc.device
+    if use_graph is None:
+        use_graph = dev.type == "cuda"
+    if amp_dtype == "auto":
+        bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+        amp_dtype = torch.bfloat16 if bf16 else None
+    n = enc.shape[0]
+    # The same first draw as the plain loop: the same x_T for the same generator state.
+    x = torch.randn(
+        (n, cfg.code_len, cfg.latent_dim), generator=generator, device=dev, dtype=enc.dtype
+    )
+
+    def amp() -> torch.autocast:
+        return torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    with amp():
+        kv_n, kv_d = model.cross_kv(enc)  # once per call
+    table = None
+    if clamp:
+        table = model.embed_code(torch.arange(cfg.vocab_size, device=dev))
+    ts = schedule.timesteps(steps)
+    t_plan, coef_plan = step_plan(schedule, ts, eta)
+    prompt_len = max(enc.shape[1], cfg.max_prompt_len)  # one graph for every prompt length
+    runner = _denoise_step_for(
+        model, kv_n, prompt_len, x.dtype, clamp, eta > 0, amp_dtype, use_graph
+    )
+    runner.load(x, kv_n, cross_mask, table)
+    trace: list[tuple[int, torch.Tensor]] = []
+    for i, t in enumerate(ts):
+        runner.t.copy_(t_plan[i])  # 0-d -> [N]
+        runner.coef.copy_(coef_plan[i])
+        if runner.noise is not None and i < len(ts) - 1:
+            # The plain loop draws after the model call; the model draws nothing, so drawing
+            # before the replay consumes the generator in the same order.
+            runner.noise.copy_(
+                torch.randn(
+                    runner.noise.shape,
+                    generator=generator,
+                    device=dev,
+                    dtype=runner.noise.dtype,
+                )
+            )
+        runner(model)
+        if trace_at is not None and t in trace_at:
+            with amp():
+                trace.append((t, decode_tokens(model, runner.x0, kv_d, cross_mask)[0]))
+    with amp():
+        tokens, scores = decode_tokens(model, runner.x0, kv_d, cross_mask)  # x = x̂0 at t = 0
     return SampleOutput(tokens, scores, trace)

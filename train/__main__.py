@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*litlogger.*")
 
     from train.config import load_run_config
+    from train.module import NonFiniteLossError
     from train.run import STAGES, run
 
     try:
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.data_dir = args.data
         stages = STAGES if args.stage == "all" else (args.stage,)
         final = run(cfg, stages, resume=not args.fresh, progress=not args.no_progress)
-    except UserError as e:
+    except (UserError, NonFiniteLossError) as e:  # NaN/inf loss with on_nan=stop: names the step
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"model exported to {final}")

@@ -22,6 +22,7 @@ from codefusion.data import load_benchmark, load_snippets
 from codefusion.diffusion import Batch
 from codefusion.masking import mask_code
 from codefusion.tokenizer import CodeTokenizer
+from train.resume import ResumableSampler
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ class CodeFusionDataModule(L.LightningDataModule):
         self.val_fraction, self.data_dir, self.python_corpus = val_fraction, data_dir, python_corpus
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        # Data position, saved in checkpoints: the epoch and the batches of it already trained.
+        self.epoch, self.batches_done = 0, 0
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -157,19 +160,45 @@ class CodeFusionDataModule(L.LightningDataModule):
             )
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         if isinstance(self.train_set, PretrainDataset):
             self.train_set.epoch = epoch
 
+    def set_position(self, epoch: int, batches_done: int) -> None:
+        """Called by the LightningModule when a training batch starts (``batch_idx + 1``)."""
+        self.epoch, self.batches_done = epoch, batches_done
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.set_epoch(int(state.get("epoch", 0)))
+        self.batches_done = int(state.get("batches_done", 0))
+
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        # Our own generators everywhere: creating a loader's iterator must not draw from the
+        # global torch RNG (its state is part of the checkpoint; see train/resume.py).
         gen = torch.Generator().manual_seed(self.seed)
+        sampler, drop_last = None, shuffle and len(ds) >= self.batch_size
+        if shuffle:
+            world = getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
+            per_rank = -(-len(ds) // world)
+            n_batches = (
+                per_rank // self.batch_size if drop_last else -(-per_rank // self.batch_size)
+            )
+            if 0 < n_batches <= self.batches_done:  # a checkpoint at the end of an epoch
+                self.set_position(self.epoch + 1, 0)
+                self.set_epoch(self.epoch)
+            skip = self.batches_done * self.batch_size * world  # resume inside the epoch
+            sampler = ResumableSampler(len(ds), self.seed, epoch=self.epoch, skip=skip)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=gen if shuffle else None,
+            sampler=sampler,
+            generator=gen,
             collate_fn=self.collate,
             num_workers=self.num_workers,
-            drop_last=shuffle and len(ds) >= self.batch_size,
+            drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:

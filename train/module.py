@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import lightning as L
 import torch
@@ -13,6 +14,7 @@ from codefusion.config import CodeFusionConfig
 from codefusion.diffusion import Batch, CodeFusionObjective
 from codefusion.model import CodeFusionModel
 from codefusion.schedule import SqrtSchedule
+from train.resume import capture_rng_state, restore_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,33 @@ class CodeFusionModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "set_epoch"):
             dm.set_epoch(self.current_epoch)
+
+    # --- exact resume (train/resume.py) ------------------------------------------------------
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        # The data position counts this batch already: a checkpoint written at the end of this
+        # batch (ModelCheckpoint runs before this module's on_train_batch_end) follows its step.
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "set_position"):
+            dm.set_position(self.current_epoch, batch_idx + 1)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = capture_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint:
+            restore_rng_state(checkpoint["rng_states"])
+        # EMAWeightAveraging keeps the average in "state_dict", the raw weights beside it, and
+        # copies the average into the model at on_train_end, which Lightning skips when the
+        # checkpoint is already at max_steps: then on_fit_end does it (see below).
+        self._ema_final = checkpoint["state_dict"] if "current_model_state" in checkpoint else None
+
+    def on_fit_end(self) -> None:
+        final, self._ema_final = getattr(self, "_ema_final", None), None
+        if final is not None:  # training was skipped: export the averaged weights, as a run would
+            self.load_state_dict(final)
+
+    def on_train_start(self) -> None:
+        self._ema_final = None  # training runs: the EMA callback's on_train_end does the copy
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         out = self.objective(self.model, batch)

@@ -10,18 +10,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
 import yaml
 
+from codefusion.auto import load_generator
+from codefusion.baseline import ARBaseline, baseline_config, build_baseline, is_baseline_preset
 from codefusion.config import preset
 from codefusion.pipeline import CodeFusion, build_model
 from codefusion.tokenizer import CodeTokenizer, train_bpe
+from train.baseline import BaselineModule
 from train.config import RunConfig, RunConfigError, StageConfig
 from train.data import CodeFusionDataModule
 from train.module import CodeFusionModule
+from train.resume import AtomicCheckpointIO, CheckpointLoadError
 
 log = logging.getLogger(__name__)
 STAGES = ("pretrain", "finetune")
@@ -101,6 +106,7 @@ def trainer_for(
         logger=loggers,
         enable_progress_bar=progress,
         enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],  # atomic writes, weights_only loads (train/resume.py)
     )
 
 
@@ -118,12 +124,20 @@ def run_stage(
     stage_dir = cfg.run_dir / stage
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tok = ensure_tokenizer(cfg)
+    # The model section decides the architecture: an `ar-*` preset is the autoregressive baseline.
+    ar = is_baseline_preset(cfg.model.get("preset"))
     if init_from is not None:
-        model = CodeFusion.from_pretrained(init_from).model.train()
+        gen = load_generator(init_from)
+        if isinstance(gen, ARBaseline) != ar:
+            raise RunConfigError(f"{init_from} is not a model of preset {cfg.model.get('preset')}")
+        model = gen.model.train()
         if model.config.vocab_size != len(tok):
             raise RunConfigError(
                 f"{init_from} was trained with another tokenizer than {cfg.tokenizer.path}"
             )
+    elif ar:
+        mcfg = dict(cfg.model)
+        model = build_baseline(baseline_config(mcfg.pop("preset"), **mcfg), tok)
     else:
         mcfg = dict(cfg.model)
         model = build_model(preset(mcfg.pop("preset", "paper"), **mcfg), tok, cfg.encoder_path)
@@ -145,7 +159,7 @@ def run_stage(
         python_corpus=cfg.python_corpus,
         num_workers=st.num_workers,
     )
-    module = CodeFusionModule(
+    module = (BaselineModule if ar else CodeFusionModule)(
         model,
         lr=st.lr,
         weight_decay=st.weight_decay,
@@ -158,10 +172,15 @@ def run_stage(
     if ckpt_path:
         log.info("resuming %s from %s", stage, last)
     trainer = trainer_for(cfg, st, stage_dir, progress)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    try:
+        with warnings.catch_warnings():  # our DataModule restores the position in the epoch
+            warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    except CheckpointLoadError as e:
+        raise RunConfigError(f"cannot resume: {e}; delete it or pass --fresh") from None
     export = stage_dir / "model"
     if trainer.is_global_zero:
-        CodeFusion(module.model.eval(), tok).save_pretrained(export)
+        (ARBaseline if ar else CodeFusion)(module.model.eval(), tok).save_pretrained(export)
     return export
 
 

@@ -1,0 +1,458 @@
+"""The autoregressive baseline: a T5 encoder-decoder trained and scored in CodeFusion's harness.
+
+``ARBaseline`` wraps a ``transformers.T5ForConditionalGeneration`` built from a ``T5Config``
+(never downloaded) with the same ``CodeTokenizer`` as CodeFusion (pad, end and mask ids from it;
+the decoder starts from pad, as T5's does). A model directory holds the same files as a
+CodeFusion one: ``config.json`` (the T5 sizes, ``max_prompt_len`` and ``code_len``, and
+``"architecture": "t5-baseline"`` so that :func:`codefusion.auto.load_generator` can tell the two
+apart), ``model.safetensors`` (never pickle) and the tokenizer files.
+
+``generate`` returns the same ``Candidate`` lists as ``CodeFusion.generate``:
+
+- ``mode="beam"`` (default): beam search with ``max(k, num_draws or k)`` beams, every beam
+  returned, ranked by the beam score (sum of token log-probabilities over the length, i.e. the
+  mean token log-probability, end token included), duplicates removed, top ``k``;
+- ``mode="sample"``: ``num_draws`` (default ``2k``) temperature/nucleus samples, ranked by the
+  model's own mean token log-probability (untempered, end token included), duplicates removed.
+
+Presets (``AR_PRESETS``), sized like CodeFusion's:
+
+- ``ar-paper``: T5-small's widths (d_model 512, 8 heads of 64, d_ff 2048, ReLU, tied
+  embeddings; also those of CodeFusion's E) with 9 encoder and 9 decoder layers: 74.5M parameters
+  with a 16,384 vocabulary (CodeFusion ``paper``: 72.9M).
+- ``ar-small``: d_model 128, 4 heads, d_ff 512, 5 + 5 layers: 2.43M with a 1K vocabulary
+  (CodeFusion ``small``: 2.33M).
+- ``ar-tiny``: d_model 64, 4 heads, d_ff 256, 3 + 3 layers: 0.41M with a 1K vocabulary
+  (CodeFusion ``tiny``: 0.40M); CPU and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from codefusion.config import ConfigError
+from codefusion.errors import GenerationError, ModelLoadError
+from codefusion.pipeline import CONFIG_FILE, WEIGHTS_FILE, Candidate, rank_candidates
+from codefusion.tokenizer import CodeTokenizer, TokenizerError
+
+ARCHITECTURE = "t5-baseline"
+MODES = ("beam", "sample")
+
+# The T5 fields a baseline's config.json holds, plus our two lengths (the same meaning as in
+# CodeFusionConfig: prompt tokens incl. </s>, and code tokens incl. </s>).
+T5_KEYS = (
+    "vocab_size",
+    "d_model",
+    "d_kv",
+    "d_ff",
+    "num_layers",
+    "num_decoder_layers",
+    "num_heads",
+    "relative_attention_num_buckets",
+    "relative_attention_max_distance",
+    "dropout_rate",
+    "layer_norm_epsilon",
+    "initializer_factor",
+    "feed_forward_proj",
+    "pad_token_id",
+    "eos_token_id",
+    "decoder_start_token_id",
+)
+LENGTH_KEYS = ("max_prompt_len", "code_len")
+CONFIG_KEYS = T5_KEYS + LENGTH_KEYS
+_POSITIVE = (
+    "vocab_size",
+    "d_model",
+    "d_kv",
+    "d_ff",
+    "num_layers",
+    "num_decoder_layers",
+    "num_heads",
+    "relative_attention_num_buckets",
+    "relative_attention_max_distance",
+    "max_prompt_len",
+    "code_len",
+)
+
+_BASE: dict[str, Any] = dict(
+    vocab_size=16384,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    layer_norm_epsilon=1e-6,
+    initializer_factor=1.0,
+    feed_forward_proj="relu",
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
+AR_PRESETS: dict[str, dict[str, Any]] = {
+    # 74.5M parameters with a 16K vocabulary (CodeFusion `paper`: 72.9M).
+    "ar-paper": dict(
+        d_model=512,
+        d_kv=64,
+        d_ff=2048,
+        num_layers=9,
+        num_decoder_layers=9,
+        num_heads=8,
+        dropout_rate=0.1,
+        max_prompt_len=128,
+        code_len=128,
+    ),
+    # 2.43M parameters with a 1K vocabulary (CodeFusion `small`: 2.33M).
+    "ar-small": dict(
+        d_model=128,
+        d_kv=32,
+        d_ff=512,
+        num_layers=5,
+        num_decoder_layers=5,
+        num_heads=4,
+        dropout_rate=0.0,
+        max_prompt_len=64,
+        code_len=24,
+    ),
+    # 0.41M parameters with a 1K vocabulary (CodeFusion `tiny`: 0.40M): CPU and tests.
+    "ar-tiny": dict(
+        d_model=64,
+        d_kv=16,
+        d_ff=256,
+        num_layers=3,
+        num_decoder_layers=3,
+        num_heads=4,
+        dropout_rate=0.0,
+        max_prompt_len=48,
+        code_len=32,
+    ),
+}
+
+
+def is_baseline_preset(name: Any) -> bool:
+    """Whether a run config's ``model.preset`` names the autoregressive baseline (``ar-*``)."""
+    return isinstance(name, str) and name.startswith("ar-")
+
+
+def config_from_dict(d: dict[str, Any]):
+    """A ``T5Config`` (with ``max_prompt_len`` and ``code_len``) from our keys; checked."""
+    from transformers import T5Config
+
+    unknown = sorted(set(d) - set(CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown baseline config keys: {', '.join(unknown)}")
+    missing = [k for k in CONFIG_KEYS if k not in d]
+    if missing:
+        raise ConfigError(f"baseline config lacks {', '.join(missing)}")
+    for k in _POSITIVE:
+        v = d[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"baseline config {k} must be a positive integer, not {v!r}")
+    if not 0.0 <= float(d["dropout_rate"]) < 1.0:
+        raise ConfigError(
+            f"baseline config dropout_rate must lie in [0, 1), not {d['dropout_rate']}"
+        )
+    try:
+        cfg = T5Config(
+            **{k: d[k] for k in T5_KEYS}, tie_word_embeddings=True, is_encoder_decoder=True
+        )
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid baseline config ({e})") from None
+    cfg.max_prompt_len, cfg.code_len = int(d["max_prompt_len"]), int(d["code_len"])
+    return cfg
+
+
+def config_to_dict(cfg) -> dict[str, Any]:
+    """What config.json holds: the architecture tag, then our keys."""
+    return {"architecture": ARCHITECTURE, **{k: getattr(cfg, k) for k in CONFIG_KEYS}}
+
+
+def baseline_config(name: str = "ar-paper", **overrides: Any):
+    """A preset's ``T5Config`` with overrides (any of ``CONFIG_KEYS``, e.g. ``code_len``)."""
+    if name not in AR_PRESETS:
+        raise ConfigError(
+            f"unknown baseline preset {name!r}: choose one of {', '.join(AR_PRESETS)}"
+        )
+    return config_from_dict({**_BASE, **AR_PRESETS[name], **overrides})
+
+
+def build_baseline(cfg, tokenizer: CodeTokenizer):
+    """A fresh ``T5ForConditionalGeneration`` for a tokenizer (vocab, pad, end ids from it).
+
+    ``cfg`` is a preset name or a ``T5Config`` from :func:`baseline_config`."""
+    from transformers import T5ForConditionalGeneration
+
+    d = config_to_dict(baseline_config(cfg) if isinstance(cfg, str) else cfg)
+    del d["architecture"]
+    d.update(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_id,
+        eos_token_id=tokenizer.eos_id,
+        decoder_start_token_id=tokenizer.pad_id,
+    )
+    return T5ForConditionalGeneration(config_from_dict(d))
+
+
+def _check_prompts(prompts: str | Sequence[str], allow_empty: bool) -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise GenerationError("no prompts given")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise GenerationError(f"prompt {i} is a {type(p).__name__}, not text")
+        if not p.strip() and not allow_empty:
+            raise GenerationError(f"prompt {i} is empty")
+    return prompts
+
+
+class ARBaseline:
+    """A trained autoregressive (T5) baseline with its tokenizer, ready to generate."""
+
+    architecture = ARCHITECTURE
+
+    def __init__(self, model, tokenizer: CodeTokenizer) -> None:
+        cfg = model.config
+        if cfg.vocab_size != len(tokenizer):
+            raise ModelLoadError(
+                f"config vocab_size {cfg.vocab_size} does not match the tokenizer's {len(tokenizer)}"
+            )
+        for key, want in (
+            ("pad_token_id", tokenizer.pad_id),
+            ("eos_token_id", tokenizer.eos_id),
+            ("decoder_start_token_id", tokenizer.pad_id),
+        ):
+            if getattr(cfg, key) != want:
+                raise ModelLoadError(
+                    f"config {key} {getattr(cfg, key)} does not match the tokenizer's {want}"
+                )
+        for key in LENGTH_KEYS:
+            if not isinstance(getattr(cfg, key, None), int):
+                raise ModelLoadError(f"the model's config lacks {key}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_preset(cls, name: str, tokenizer: CodeTokenizer, **overrides: Any) -> ARBaseline:
+        """A randomly initialised baseline of a preset (``ar-paper``, ``ar-small``, ``ar-tiny``)."""
+        return cls(build_baseline(baseline_config(name, **overrides), tokenizer), tokenizer)
+
+    @property
+    def config(self):
+        """The ``T5Config`` (with ``max_prompt_len`` and ``code_len``)."""
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> ARBaseline:
+        self.model.to(device)
+        return self
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (the tied embedding counted once)."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    # --- save / load -------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        from safetensors.torch import save_model
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_FILE).write_text(
+            json.dumps(config_to_dict(self.config), indent=2) + "\n", encoding="utf-8"
+        )
+        save_model(self.model, str(path / WEIGHTS_FILE))
+        self.tokenizer.save_pretrained(path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> ARBaseline:
+        """Load a baseline directory; every problem is a ``ModelLoadError`` naming the file."""
+        from safetensors.torch import load_model
+        from transformers import T5ForConditionalGeneration
+
+        path = Path(path)
+        if not path.is_dir():
+            raise ModelLoadError(f"model directory {path} does not exist")
+        missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (path / f).is_file()]
+        if (
+            not (path / "tokenizer.json").is_file()
+            and not (path / "tokenizer_config.json").is_file()
+        ):
+            missing.append("tokenizer.json")
+        if missing:
+            raise ModelLoadError(f"model directory {path} is missing {', '.join(missing)}")
+        try:
+            d = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"{path / CONFIG_FILE}: cannot read model config ({e})") from None
+        if not isinstance(d, dict):
+            raise ModelLoadError(f"{path / CONFIG_FILE}: model config must be a JSON object")
+        arch = d.pop("architecture", None)
+        if arch != ARCHITECTURE:
+            raise ModelLoadError(
+                f"{path / CONFIG_FILE}: architecture is {arch!r}, not {ARCHITECTURE!r}"
+            )
+        try:
+            cfg = config_from_dict(d)
+            tokenizer = CodeTokenizer.from_pretrained(path)
+        except ConfigError as e:
+            raise ModelLoadError(f"{path / CONFIG_FILE}: {e}") from None
+        except TokenizerError as e:
+            raise ModelLoadError(str(e)) from None
+        if cfg.vocab_size != len(tokenizer):
+            raise ModelLoadError(
+                f"{path / CONFIG_FILE}: vocab_size {cfg.vocab_size} does not match the tokenizer's {len(tokenizer)}"
+            )
+        model = T5ForConditionalGeneration(cfg)
+        try:
+            load_model(model, str(path / WEIGHTS_FILE), strict=True, device=str(device))
+        except Exception as e:  # safetensors raises its own error types; RuntimeError on mismatch
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(
+                f"{path / WEIGHTS_FILE}: weights do not load into the model of {CONFIG_FILE} ({first})"
+            ) from None
+        try:
+            return cls(model.to(device), tokenizer)
+        except ModelLoadError as e:
+            raise ModelLoadError(f"{path / CONFIG_FILE}: {e}") from None
+
+    # --- generation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def sequence_scores(
+        self, ids: torch.Tensor, mask: torch.Tensor, sequences: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean token log-probability of generated ``sequences`` ([N, 1 + L], starting with the
+        decoder start token) given encoder inputs ``ids``/``mask`` ([N, S]).
+
+        Counted: the tokens before the first end/pad token, and that token when there is one."""
+        dec_in, target = sequences[:, :-1], sequences[:, 1:]
+        logits = self.model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec_in).logits
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target.unsqueeze(-1))[..., 0]
+        stop = (target == self.tokenizer.eos_id) | (target == self.tokenizer.pad_id)
+        before = (stop.long().cumsum(1) - stop.long()) == 0  # up to and including the first stop
+        return (logp * before).sum(1) / before.sum(1).clamp(min=1)
+
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        k: int = 5,
+        num_draws: int | None = None,
+        steps: int | None = None,
+        seed: int = 0,
+        allow_empty: bool = False,
+        mode: str = "beam",
+        temperature: float = 1.0,
+        top_p: float = 0.95,
+        max_new_tokens: int | None = None,
+        syntax_rank: str | None = None,
+        **ignored: Any,
+    ) -> list[Candidate] | list[list[Candidate]]:
+        """Top-k programs per prompt, best first, duplicates removed (see the module docstring).
+
+        ``steps`` and other CodeFusion options (``eta``, ``clamp``) are accepted and ignored, so
+        one harness can call both models alike. ``max_new_tokens`` defaults to ``code_len`` (the
+        length the model was trained on, end token included). The same seed gives the same
+        output. A single prompt string returns one list; a list of prompts, a list of lists.
+        """
+        single = isinstance(prompts, str)
+        if mode not in MODES:
+            raise GenerationError(f"mode must be 'beam' or 'sample', not {mode!r}")
+        if k < 1:
+            raise GenerationError(f"k must be at least 1, got {k}")
+        if num_draws is None:
+            num_draws = k if mode == "beam" else 2 * k
+        if num_draws < k:
+            raise GenerationError(f"k={k} is larger than the number of draws ({num_draws})")
+        if not temperature > 0:
+            raise GenerationError(f"temperature must be positive, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise GenerationError(f"top_p must lie in (0, 1], got {top_p}")
+        max_new = self.config.code_len if max_new_tokens is None else max_new_tokens
+        if max_new < 1:
+            raise GenerationError(f"max_new_tokens must be at least 1, got {max_new}")
+        plist = _check_prompts(prompts, allow_empty)
+        ids, mask, truncated = self.tokenizer.encode_prompts(plist, self.config.max_prompt_len)
+        for i, cut in enumerate(truncated):
+            if cut:
+                warnings.warn(
+                    f"prompt {i} is longer than {self.config.max_prompt_len} tokens and was truncated",
+                    stacklevel=2,
+                )
+        dev = self.device
+        ids, mask = ids.to(dev), mask.to(dev)
+        seqs, scores = self._draw(ids, mask, mode, num_draws, max_new, seed, temperature, top_p)
+        n = num_draws
+        results = [
+            rank_candidates(
+                [self.tokenizer.decode(r[1:]) for r in seqs[i * n : (i + 1) * n].tolist()],
+                scores[i * n : (i + 1) * n].tolist(),
+                k,
+                syntax_rank,
+            )
+            for i in range(len(plist))
+        ]
+        return results[0] if single else results
+
+    @torch.no_grad()
+    def _draw(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        mode: str,
+        n: int,
+        max_new: int,
+        seed: int,
+        temperature: float,
+        top_p: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` consecutive sequences per prompt ([B*n, 1 + L], decoder start first) and scores."""
+        from transformers import GenerationConfig
+
+        tok = self.tokenizer
+        common = dict(
+            max_new_tokens=max_new,
+            min_new_tokens=0,
+            decoder_start_token_id=tok.pad_id,
+            pad_token_id=tok.pad_id,
+            eos_token_id=tok.eos_id,
+            suppress_tokens=[tok.pad_id],  # never a target in training; decoding stops at it
+            num_return_sequences=n,
+            use_cache=True,
+            return_dict_in_generate=True,
+        )
+        if mode == "beam":
+            beam = dict(early_stopping=True, length_penalty=1.0) if n > 1 else {}  # 1: greedy
+            gc = GenerationConfig(
+                do_sample=False, num_beams=n, output_scores=True, **beam, **common
+            )
+        else:
+            gc = GenerationConfig(
+                do_sample=True, temperature=temperature, top_p=top_p, top_k=0, **common
+            )
+        dev = self.device
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=gc, **self._cache()
+            )
+        seqs = out.sequences
+        if mode == "beam" and getattr(out, "sequences_scores", None) is not None:
+            return seqs, out.sequences_scores.float()
+        rep = lambda t: t.repeat_interleave(n, dim=0)  # noqa: E731
+        return seqs, self.sequence_scores(rep(ids), rep(mask), seqs)
+
+    def _cache(self) -> dict[str, Any]:
+        """An empty, lazily sized cache when the decoder's depth differs from the encoder's:
+        transformers 5 sizes its default cache by ``num_layers`` (the encoder's) and fails."""
+        if self.config.num_decoder_layers == self.config.num_layers:
+            return {}
+        try:
+            from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+        except ImportError:  # older transformers: its default cache is fine
+            return {}
+        return {"past_key_values": EncoderDecoderCache(DynamicCache(), DynamicCache())}

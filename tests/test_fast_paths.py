@@ -1,0 +1,204 @@
+"""The fast paths: the CUDA-graph sampler's step function (run eagerly here), the ``fast`` option
+on CPU, the benchmark's FLOPs formula and its ``--quick`` mode end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from codefusion import sampler as sampler_mod
+from codefusion.model import attention_mask
+from codefusion.sampler import DenoiseStep, sample, sample_fast
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench" / "benchmark.py"
+
+
+def _perturb(model, seed=1):
+    """Random weights everywhere (the zero-initialised modulation would hide differences)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def _inputs(m, prompt_len=7):
+    enc = torch.randn(6, prompt_len, m.encoder_dim, generator=torch.Generator().manual_seed(5))
+    rows = [[1] * prompt_len, [1] * 4 + [0] * (prompt_len - 4)] * 3
+    return enc, attention_mask(torch.tensor(rows))
+
+
+def _record_decoded(monkeypatch):
+    """Record the x0 each sampler hands to D (the final latent, and the traced ones)."""
+    seen: list[torch.Tensor] = []
+    real = sampler_mod.decode_tokens
+
+    def spy(model, x0, kv, mask):
+        seen.append(x0.clone())
+        return real(model, x0, kv, mask)
+
+    monkeypatch.setattr(sampler_mod, "decode_tokens", spy)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "steps, eta, clamp, masked, prediction",
+    [
+        (None, 0.0, False, True, "x0"),  # all T steps, deterministic
+        (13, 0.5, False, False, "x0"),  # respaced, noise drawn into the static buffer
+        (13, 0.0, True, True, "x0"),  # clamping inside the step
+        # Ancestral, eps-prediction: x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) amplifies rounding by
+        # up to 1/sqrt(ab) ~ 350, so this case uses an unpadded prompt (bit-equal attention).
+        (None, 1.0, False, True, "eps"),
+    ],
+)
+def test_graph_step_function_equals_plain_loop(
+    tiny_model, monkeypatch, steps, eta, clamp, masked, prediction
+):
+    """The function the CUDA graph captures (DenoiseStep.step over static buffers, K/V padded to
+    max_prompt_len), run eagerly in fp32 on CPU, reproduces the plain loop."""
+    m = tiny_model.model
+    _perturb(m)
+    m.config.prediction = prediction
+    tiny_model.schedule.__init__(60)  # a short T keeps the all-steps case fast
+    enc, mask = _inputs(m, prompt_len=7 if prediction == "x0" else m.config.max_prompt_len)
+    mask = mask if masked else None
+    seen = _record_decoded(monkeypatch)
+    kw = dict(steps=steps, eta=eta, clamp=clamp, trace_at={59, 30, 0})
+    a = sample(m, tiny_model.schedule, enc, mask, torch.Generator().manual_seed(3), **kw)
+    n_plain = len(seen)
+    b = sample_fast(
+        m,
+        tiny_model.schedule,
+        enc,
+        mask,
+        torch.Generator().manual_seed(3),
+        use_graph=False,
+        amp_dtype=None,
+        **kw,
+    )
+    assert len(seen) == 2 * n_plain and n_plain >= 2  # the trace and the final decode
+    for x_plain, x_fast in zip(seen[:n_plain], seen[n_plain:], strict=True):
+        torch.testing.assert_close(x_fast, x_plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.scores, a.scores, atol=1e-5, rtol=1e-5)
+    assert torch.equal(a.tokens, b.tokens)
+    assert [t for t, _ in a.trace] == [t for t, _ in b.trace]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(a.trace, b.trace, strict=True))
+
+
+def test_step_buffers_are_reused_and_rebuilt_when_weights_move(tiny_model):
+    m = tiny_model.model
+    _perturb(m)
+    sched = tiny_model.schedule
+    sampler_mod._STEPS.pop(m, None)
+
+    def run(prompt_len):
+        enc, mask = _inputs(m, prompt_len)
+        kw = dict(steps=6, eta=0.3)
+        fast = sample_fast(
+            m,
+            sched,
+            enc,
+            mask,
+            torch.Generator().manual_seed(2),
+            use_graph=False,
+            amp_dtype=None,
+            **kw,
+        )
+        plain = sample(m, sched, enc, mask, torch.Generator().manual_seed(2), **kw)
+        torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=1e-5)
+        assert torch.equal(fast.tokens, plain.tokens)
+
+    run(7)
+    (first,) = sampler_mod._STEPS[m].values()
+    assert isinstance(first, DenoiseStep) and first.graph is None  # eager here: no CUDA
+    assert first.kv[0][0].shape[2] == m.config.max_prompt_len  # one shape for every prompt
+    run(5)  # another prompt length: the same buffers
+    assert list(sampler_mod._STEPS[m].values()) == [first]
+    with torch.no_grad():  # in-place update: the same buffers still read the new weights
+        for p in m.denoiser.parameters():
+            p.mul_(1.01)
+    run(7)
+    assert list(sampler_mod._STEPS[m].values()) == [first]
+    for p in m.denoiser.parameters():  # new storage: a graph would read stale addresses
+        p.data = p.data.clone()
+    run(7)
+    assert len(sampler_mod._STEPS[m]) == 2 and first in sampler_mod._STEPS[m].values()
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_generate_fast_on_cpu_equals_plain(tiny_model, eta):
+    _perturb(tiny_model.model)
+    kw = dict(k=3, num_draws=4, steps=10, seed=7, eta=eta)
+    fast = tiny_model.generate(["cells greater than 5", "blank"], fast=True, **kw)
+    plain = tiny_model.generate(["cells greater than 5", "blank"], fast=False, **kw)
+    default = tiny_model.generate(["cells greater than 5", "blank"], **kw)  # CPU: plain
+    assert fast == plain == default
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("codefusion_benchmark", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_analytic_training_flops_match_the_flop_counter(name):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from codefusion.config import preset
+    from codefusion.diffusion import CodeFusionObjective
+    from codefusion.model import CodeFusionModel
+    from codefusion.schedule import SqrtSchedule
+
+    bench = _load_benchmark()
+    torch.manual_seed(0)
+    model = CodeFusionModel(preset(name, vocab_size=500))
+    batch = bench.synthetic_batch(model, 4, 10, seed=0)
+    objective = CodeFusionObjective(SqrtSchedule(model.config.diffusion_steps))
+    # The math backend decomposes attention into matmuls that the counter sees.
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        objective(model, batch)["loss"].backward()
+    analytic = bench.train_flops(model, 4, 10)["train_step"]
+    assert analytic == pytest.approx(counter.get_total_flops(), rel=0.01)
+
+
+def test_benchmark_quick_mode_writes_both_files(tmp_path):
+    out = tmp_path / "bench"
+    cmd = [sys.executable, str(BENCH), "--quick", "--device", "cpu", "--preset", "tiny"]
+    cmd += ["--vocab-size", "512", "--train-steps", "2", "--train-warmup", "1"]
+    cmd += ["--sample-steps", "3", "--respaced", "2", "--repeats", "1", "--sample-warmup", "0"]
+    cmd += ["--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    env = res["environment"]
+    for key in ("date", "command", "git_sha", "device_name", "torch", "triton", "python"):
+        assert key in env
+    assert env["device"] == "cpu" and "--quick" in env["command"]
+    train = res["training"]
+    for path in ("reference", "optimised"):
+        assert train[path]["tokens_per_s"] > 0 and train[path]["achieved_tflops"] > 0
+        assert train[path]["mfu"] is None  # CPU: no peak to compare with
+    assert train["speedup"] > 0 and train["flops_per_step"] > 0
+    assert train["reference"]["optimizer"].startswith("AdamW(fused=False)")
+    assert train["optimised"]["optimizer"] == "AdamW(fused=True)"
+    runs = res["sampling"]["runs"]
+    assert [r["steps"] for r in runs] == [3, 2]
+    for run in runs:
+        assert run["reference"]["median_s"] > 0 and run["optimised"]["median_s"] > 0
+        assert run["reference"]["options"] == {"fast": False, "cache_cross_kv": False}
+        assert run["speedup"]["optimised"] > 0
+    assert res["baseline"]["status"] in ("ok", "unavailable", "skipped", "failed")
+    assert set(res["targets"]["met"]) == set(res["targets"]["targets"])
+    assert res["targets"]["judged"] is False
+    md = (out / "results.md").read_text()
+    assert "| path |" in md and "x)" in md and env["git_sha"] in md
