@@ -38,7 +38,13 @@ import torch
 
 from codefusion.config import ConfigError
 from codefusion.errors import GenerationError, ModelLoadError
-from codefusion.pipeline import CONFIG_FILE, WEIGHTS_FILE, Candidate, rank_candidates
+from codefusion.pipeline import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    Candidate,
+    check_model_dir,
+    rank_candidates,
+)
 from codefusion.tokenizer import CodeTokenizer, TokenizerError
 
 ARCHITECTURE = "t5-baseline"
@@ -275,17 +281,7 @@ class ARBaseline:
         from safetensors.torch import load_model
         from transformers import T5ForConditionalGeneration
 
-        path = Path(path)
-        if not path.is_dir():
-            raise ModelLoadError(f"model directory {path} does not exist")
-        missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (path / f).is_file()]
-        if (
-            not (path / "tokenizer.json").is_file()
-            and not (path / "tokenizer_config.json").is_file()
-        ):
-            missing.append("tokenizer.json")
-        if missing:
-            raise ModelLoadError(f"model directory {path} is missing {', '.join(missing)}")
+        path = check_model_dir(path)
         try:
             d = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:

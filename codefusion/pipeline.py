@@ -24,6 +24,19 @@ from codefusion.tokenizer import CodeTokenizer, TokenizerError
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
+def check_model_dir(path: str | Path) -> Path:
+    """The directory as a Path, or a ``ModelLoadError`` naming what is missing from it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {path} does not exist")
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (path / f).is_file()]
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        missing.append("tokenizer.json")
+    if missing:
+        raise ModelLoadError(f"model directory {path} is missing {', '.join(missing)}")
+    return path
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One generated program and the model's own score (mean token log-probability)."""
@@ -97,17 +110,7 @@ class CodeFusion:
         """Load a model directory; every problem is a ``ModelLoadError`` naming the file."""
         from safetensors.torch import load_model
 
-        path = Path(path)
-        if not path.is_dir():
-            raise ModelLoadError(f"model directory {path} does not exist")
-        missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (path / f).is_file()]
-        if (
-            not (path / "tokenizer.json").is_file()
-            and not (path / "tokenizer_config.json").is_file()
-        ):
-            missing.append("tokenizer.json")
-        if missing:
-            raise ModelLoadError(f"model directory {path} is missing {', '.join(missing)}")
+        path = check_model_dir(path)
         try:
             cfg = CodeFusionConfig.load(path / CONFIG_FILE)
             tokenizer = CodeTokenizer.from_pretrained(path)
