@@ -66,7 +66,7 @@ class CodeFusionObjective:
     def __init__(
         self,
         schedule: SqrtSchedule,
-        pad_weight: float = 0.1,
+        pad_weight: float = 1.0,
         weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ) -> None:
         self.schedule, self.pad_weight, self.weights = schedule, pad_weight, weights

@@ -36,6 +36,11 @@ class StageConfig:
     weight_decay: float = 0.0  # the paper's: no weight decay
     warmup_steps: int = 100
     grad_clip: float = 1.0
+    # Loss weight of the pad positions after the first end token, in total per row, against 1
+    # for the content (diffusion.py). 0.1 left pad x0 so poorly denoised that samples drifted
+    # and never placed the end token (CF small on CPU: top-1 1.1%); 1.0 keeps content and pad
+    # on an equal footing without letting pad dominate.
+    pad_weight: float = 1.0
     # Pre-training only: share of rows trained unconditionally (E(s) := noise); the rest are CPD.
     uncond_ratio: float = 0.5
     mask_rate: float = 0.3

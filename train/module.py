@@ -33,7 +33,7 @@ class CodeFusionModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
         max_steps: int = 1000,
-        pad_weight: float = 0.1,
+        pad_weight: float = 1.0,
         on_nan: str = "stop",
     ) -> None:
         super().__init__()

@@ -166,6 +166,7 @@ def run_stage(
         warmup_steps=st.warmup_steps,
         max_steps=st.max_steps,
         on_nan=st.on_nan,
+        **({} if ar else {"pad_weight": st.pad_weight}),
     )
     last = stage_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if resume and last.is_file() else None
