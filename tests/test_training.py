@@ -81,3 +81,16 @@ finetune: {{max_steps: 6, batch_size: 8, val_every: 3, ckpt_every: 3, warmup_ste
 def test_train_cli_reports_bad_config(tmp_path, capsys):
     assert train_main(["--config", str(tmp_path / "nope.yaml")]) == 2
     assert "config file" in capsys.readouterr().err
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    from codefusion.config import PRESETS
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 6
+    for path in configs:
+        cfg = load_run_config(path)
+        preset_name = cfg.model["preset"]
+        assert preset_name in PRESETS or preset_name.startswith("ar-"), path
