@@ -87,38 +87,24 @@ def sample(
     if clamp:
         table = model.embed_code(torch.arange(cfg.vocab_size, device=enc.device))
     ts = schedule.timesteps(steps)
-    ab = schedule.alphas_cumprod
+    t_all, coef = step_plan(schedule, ts, eta)
     trace: list[tuple[int, torch.Tensor]] = []
     for i, t in enumerate(ts):
-        tt = torch.full((n,), t, device=enc.device, dtype=torch.long)
+        last = i == len(ts) - 1
         kv = kv_n if cache_cross_kv else model.denoiser.cross_kv(enc)
-        out = model.denoise(x, tt, kv, cross_mask)
-        if cfg.prediction == "x0":
-            x0 = out
-        else:
-            x0 = schedule.x0_from_eps(x, tt, out)
-        if table is not None:
-            x0 = nearest_embedding(x0, table)
+        noise = None
+        if eta > 0 and not last:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_prev, x0 = ddim_step(model, x, t_all[i].expand(n), coef[i], kv, cross_mask, table, noise)
         if trace_at is not None and t in trace_at:
-            trace.append(
-                (t, decode_tokens(model, x0, kv_d or model.decoder.cross_kv(enc), cross_mask)[0])
-            )
-        if i == len(ts) - 1:
-            x = x0
-            break
-        eps = schedule.eps_from_x0(x, tt, x0)
-        a_t, a_prev = ab[t], ab[ts[i + 1]]
-        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp_min(0).sqrt()
-        x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
-        if eta > 0:
-            x = x + sigma * torch.randn(
-                x.shape, generator=generator, device=x.device, dtype=x.dtype
-            )
+            kv_dec = kv_d or model.decoder.cross_kv(enc)
+            trace.append((t, decode_tokens(model, x0, kv_dec, cross_mask)[0]))
+        x = x0 if last else x_prev
     tokens, scores = decode_tokens(model, x, kv_d or model.decoder.cross_kv(enc), cross_mask)
     return SampleOutput(tokens, scores, trace)
 
 
-# --- fast path: one denoising step over static buffers, captured once as a CUDA graph ----------
+# --- one DDIM step, shared by the plain loop and the CUDA-graph path --------------------
 
 
 def step_plan(
@@ -169,6 +155,9 @@ def ddim_step(
     if noise is not None:
         x_prev = x_prev + sigma * noise
     return x_prev, x0
+
+
+# --- fast path: one denoising step over static buffers, captured once as a CUDA graph ----------
 
 
 class DenoiseStep:
