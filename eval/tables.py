@@ -62,7 +62,7 @@ def quality_diversity_plot(results: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     markers = {"python": "o", "bash": "s", "cf": "^"}
     for r in results:
         x, y = r["diversity"]["mean_pairwise_edit_distance"], r["top5"]
@@ -74,7 +74,8 @@ def quality_diversity_plot(results: list[dict[str, Any]], path: Path) -> None:
             xytext=(5, 5),
             fontsize=8,
         )
-    ax.set_xlabel("diversity: mean pairwise normalised edit distance of the top-5")
+    ax.set_xlabel("diversity of the top-5 (mean pairwise normalised edit distance)")
+    ax.margins(x=0.35, y=0.1)  # room for the labels
     ax.set_ylabel("top-5 accuracy (%)")
     ax.set_title("Quality vs diversity")
     ax.grid(alpha=0.3)
