@@ -265,8 +265,7 @@ def test_nan_loss_is_skipped_and_weights_stay_finite(fixture_data, tmp_path, mon
     assert "non-finite loss at step 2: step skipped (1 so far)" in caplog.text
     model = CodeFusion.from_pretrained(tmp_path / "runs" / "nanskip" / "model").model
     assert all(torch.isfinite(p).all() for p in model.state_dict().values())
-    ckpt = torch.load(
-        tmp_path / "runs" / "nanskip" / "finetune" / "checkpoints" / "last.ckpt", weights_only=True
-    )
+    last = tmp_path / "runs" / "nanskip" / "finetune" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
     weights = _tensors({k: ckpt[k] for k in ("current_model_state", "optimizer_states")})
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
