@@ -43,6 +43,8 @@ from codefusion.pipeline import (
     WEIGHTS_FILE,
     Candidate,
     check_model_dir,
+    check_vocab,
+    load_weights,
     rank_candidates,
 )
 from codefusion.tokenizer import CodeTokenizer, TokenizerError
@@ -278,7 +280,6 @@ class ARBaseline:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> ARBaseline:
         """Load a baseline directory; every problem is a ``ModelLoadError`` naming the file."""
-        from safetensors.torch import load_model
         from transformers import T5ForConditionalGeneration
 
         path = check_model_dir(path)
@@ -300,18 +301,9 @@ class ARBaseline:
             raise ModelLoadError(f"{path / CONFIG_FILE}: {e}") from None
         except TokenizerError as e:
             raise ModelLoadError(str(e)) from None
-        if cfg.vocab_size != len(tokenizer):
-            raise ModelLoadError(
-                f"{path / CONFIG_FILE}: vocab_size {cfg.vocab_size} does not match the tokenizer's {len(tokenizer)}"
-            )
+        check_vocab(cfg.vocab_size, tokenizer, path)
         model = T5ForConditionalGeneration(cfg)
-        try:
-            load_model(model, str(path / WEIGHTS_FILE), strict=True, device=str(device))
-        except Exception as e:  # safetensors raises its own error types; RuntimeError on mismatch
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelLoadError(
-                f"{path / WEIGHTS_FILE}: weights do not load into the model of {CONFIG_FILE} ({first})"
-            ) from None
+        load_weights(model, path, device)
         try:
             return cls(model.to(device), tokenizer)
         except ModelLoadError as e:

@@ -37,6 +37,26 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
+def check_vocab(vocab_size: int, tokenizer: CodeTokenizer, path: Path) -> None:
+    if vocab_size != len(tokenizer):
+        raise ModelLoadError(
+            f"{path / CONFIG_FILE}: vocab_size {vocab_size} does not match the tokenizer's {len(tokenizer)}"
+        )
+
+
+def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device) -> None:
+    """``model.safetensors`` of ``path`` into ``model`` (strict); a ``ModelLoadError`` otherwise."""
+    from safetensors.torch import load_model
+
+    try:
+        load_model(model, str(path / WEIGHTS_FILE), strict=True, device=str(device))
+    except Exception as e:  # safetensors raises its own error types; RuntimeError on mismatch
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"{path / WEIGHTS_FILE}: weights do not load into the model of {CONFIG_FILE} ({first})"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One generated program and the model's own score (mean token log-probability)."""
@@ -108,7 +128,6 @@ class CodeFusion:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> CodeFusion:
         """Load a model directory; every problem is a ``ModelLoadError`` naming the file."""
-        from safetensors.torch import load_model
 
         path = check_model_dir(path)
         try:
@@ -116,18 +135,9 @@ class CodeFusion:
             tokenizer = CodeTokenizer.from_pretrained(path)
         except (ConfigError, TokenizerError) as e:
             raise ModelLoadError(str(e)) from None
-        if cfg.vocab_size != len(tokenizer):
-            raise ModelLoadError(
-                f"{path / CONFIG_FILE}: vocab_size {cfg.vocab_size} does not match the tokenizer's {len(tokenizer)}"
-            )
+        check_vocab(cfg.vocab_size, tokenizer, path)
         model = CodeFusionModel(cfg)
-        try:
-            load_model(model, str(path / WEIGHTS_FILE), strict=True, device=str(device))
-        except Exception as e:  # safetensors raises its own error types; RuntimeError on mismatch
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelLoadError(
-                f"{path / WEIGHTS_FILE}: weights do not load into the model of {CONFIG_FILE} ({first})"
-            ) from None
+        load_weights(model, path, device)
         return cls(model.to(device), tokenizer)
 
     # --- generation --------------------------------------------------------------------------
