@@ -43,6 +43,7 @@ from codefusion.pipeline import (
     WEIGHTS_FILE,
     Candidate,
     check_model_dir,
+    check_prompts,
     check_vocab,
     load_weights,
     rank_candidates,
@@ -203,20 +204,6 @@ def build_baseline(cfg, tokenizer: CodeTokenizer):
     return T5ForConditionalGeneration(config_from_dict(d))
 
 
-def _check_prompts(prompts: str | Sequence[str], allow_empty: bool) -> list[str]:
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts)
-    if not prompts:
-        raise GenerationError("no prompts given")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise GenerationError(f"prompt {i} is a {type(p).__name__}, not text")
-        if not p.strip() and not allow_empty:
-            raise GenerationError(f"prompt {i} is empty")
-    return prompts
-
-
 class ARBaseline:
     """A trained autoregressive (T5) baseline with its tokenizer, ready to generate."""
 
@@ -363,7 +350,7 @@ class ARBaseline:
         max_new = self.config.code_len if max_new_tokens is None else max_new_tokens
         if max_new < 1:
             raise GenerationError(f"max_new_tokens must be at least 1, got {max_new}")
-        plist = _check_prompts(prompts, allow_empty)
+        plist = check_prompts(prompts, allow_empty)
         ids, mask, truncated = self.tokenizer.encode_prompts(plist, self.config.max_prompt_len)
         for i, cut in enumerate(truncated):
             if cut:

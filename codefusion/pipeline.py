@@ -57,6 +57,27 @@ def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device)
         ) from None
 
 
+def check_prompts(prompts: str | Sequence[str], allow_empty: bool) -> list[str]:
+    """Prompts as a list; a ``GenerationError`` for any that cannot be generated from."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise GenerationError("no prompts given")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise GenerationError(f"prompt {i} is a {type(p).__name__}, not text")
+        if not p.strip() and not allow_empty:
+            raise GenerationError(f"prompt {i} is empty")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates, e.g. bytes decoded with surrogateescape
+            raise GenerationError(
+                f"prompt {i} is not valid Unicode text (lone surrogates)"
+            ) from None
+    return prompts
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One generated program and the model's own score (mean token log-probability)."""
@@ -141,24 +162,6 @@ class CodeFusion:
         return cls(model.to(device), tokenizer)
 
     # --- generation --------------------------------------------------------------------------
-    def _check_prompts(self, prompts: Sequence[str], allow_empty: bool) -> list[str]:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts:
-            raise GenerationError("no prompts given")
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str):
-                raise GenerationError(f"prompt {i} is a {type(p).__name__}, not text")
-            if not p.strip() and not allow_empty:
-                raise GenerationError(f"prompt {i} is empty")
-            try:
-                p.encode("utf-8")
-            except UnicodeEncodeError:  # lone surrogates, e.g. bytes decoded with surrogateescape
-                raise GenerationError(
-                    f"prompt {i} is not valid Unicode text (lone surrogates)"
-                ) from None
-        return prompts
 
     @torch.no_grad()
     def sample_draws(
@@ -181,7 +184,7 @@ class CodeFusion:
         """
         if fast is None:
             fast = self.device.type == "cuda"
-        prompts = self._check_prompts(prompts, allow_empty)
+        prompts = check_prompts(prompts, allow_empty)
         cfg = self.config
         ids, mask, truncated = self.tokenizer.encode_prompts(prompts, cfg.max_prompt_len)
         for i, cut in enumerate(truncated):
@@ -242,7 +245,7 @@ class CodeFusion:
             raise GenerationError(
                 f"steps must be between 1 and {self.config.diffusion_steps}, got {steps}"
             )
-        plist = self._check_prompts(prompts, allow_empty)
+        plist = check_prompts(prompts, allow_empty)
         out = self.sample_draws(
             plist,
             num_draws,
