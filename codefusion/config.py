@@ -45,6 +45,15 @@ class CodeFusionConfig:
     latent_dim: int = 128
     code_len: int = 128
     dropout: float = 0.1
+    # L's rows start at N(0, embedding_init_std^2). L(y) is normalised to norm sqrt(Dz) either
+    # way, so this only sets how fast AdamW turns the rows: at std 1 a step of size lr turns a
+    # row by about lr / sqrt(Dz) radians and L stays close to a random codebook.
+    embedding_init_std: float = 1.0
+    # Self-conditioning (Chen et al., Analog Bits): N also reads its own previous estimate of x0.
+    self_condition: bool = False
+    # A length head on E(s): predicts the number of code tokens, so that sampling can fix the
+    # end token's position (see sampler.py) instead of hoping N places it.
+    length_head: bool = False
     # Diffusion: square-root schedule over T steps; N predicts x0 (see diffusion.py for why).
     diffusion_steps: int = 1200
     schedule_offset: float = 1e-4

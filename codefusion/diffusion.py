@@ -3,11 +3,27 @@
     L_t = ||eps_hat - eps||^2  +  ||D(x0_hat) - L(y)||^2  -  log p_H(y | D(x0_hat))
           (noise error, N)        (decoder term, D and L)    (cross-entropy, H)
 
-Choices the paper leaves open [ours, see README]:
-- N predicts x0 (GENIE, Diffusion-LM) and ``eps_hat`` is derived from it, so the first term is
-  the paper's noise error while ``x0_hat`` stays well conditioned at the noisiest steps, where
-  dividing by sqrt(alpha_bar) ~ 3e-3 would amplify any eps error. ``prediction="eps"`` keeps the
-  literal parametrisation.
+Notation: y the code tokens, x0 = L(y) [B, C, Dz], x_t = q_sample(x0, t, eps), N predicts
+x0_hat, SNR(t) = alpha_bar_t / (1 - alpha_bar_t). Choices the paper leaves open [ours, see
+README; each is an argument of :class:`CodeFusionObjective`, chosen by measurement]:
+
+- **Noise term** (``noise_weighting``): N predicts x0 (GENIE, Diffusion-LM); with eps derived
+  from x0_hat, ||eps_hat - eps||^2 = SNR(t) * ||x0_hat - x0||^2, so the paper's literal term
+  ("snr") puts most of its weight on the nearly clean steps (40% on t < 60 of 1200) and starves
+  the noisy ones where sampling starts. "x0" weights every t alike (Diffusion-LM's
+  simplification); "min_snr" is Min-SNR-5 (Hang et al.); "max_snr_1" is Salimans & Ho's
+  truncated SNR, max(SNR, 1).
+- **What D reads** (``decoder_input``): at inference D runs once, on the x0_hat of the last
+  step (t = 0), which for a good sample is close to L(y). The paper's literal reading ("x0_hat":
+  D on N's estimate at the drawn t, mostly blurred) teaches D to ignore its input and generate
+  from E(s) alone. "clean" trains D on L(y), "noised" on q_sample(L(y), t') with t' uniform in
+  [0, ``decoder_max_t``]: D becomes the rounding step of GENIE and Diffusion-LM.
+- **Self-conditioning** (model config ``self_condition``): with probability
+  ``self_cond_prob`` per batch, N first estimates x0 without gradient and then reads that
+  estimate as an extra input (Chen et al., Analog Bits); otherwise the extra input is zero.
+  Sampling feeds each step's x0_hat to the next.
+- **Length** (model config ``length_head``): cross-entropy of a length head on E(s) against
+  the number of code tokens, weight ``length_weight``, on conditional rows only.
 - Pad positions: most of the canvas is pad (CF gold is 3-10 tokens of 32-128), and weighting
   every position equally lets the model collapse to all-pad output (DiffuSeq #50,
   Diffusion-LM #48). Each term is a per-row mean over content positions (code tokens and the
@@ -17,9 +33,12 @@ Choices the paper leaves open [ours, see README]:
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from codefusion.kernels import linear_cross_entropy
 from codefusion.model import CodeFusionModel, attention_mask
@@ -60,29 +79,76 @@ def position_weights(
     return w + pad_weight * rest / rest.sum(1, keepdim=True).clamp_min(1)
 
 
+def content_length(code_ids: torch.Tensor, pad_id: int, eos_id: int) -> torch.Tensor:
+    """[B] number of code tokens before the first end/pad token (the length head's target)."""
+    return (content_mask(code_ids, pad_id, eos_id).sum(1) - 1).clamp_min(0)
+
+
+# Noise-term weight on ||x0_hat - x0||^2 as a function of SNR(t) [B].
+NOISE_WEIGHTINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "snr": lambda snr: snr,  # = ||eps_hat - eps||^2: the paper's literal noise error
+    "x0": lambda snr: torch.ones_like(snr),
+    "min_snr": lambda snr: snr.clamp(max=5.0),
+    "max_snr_1": lambda snr: snr.clamp(min=1.0),
+}
+DECODER_INPUTS = ("x0_hat", "clean", "noised")
+
+
 class CodeFusionObjective:
-    """Computes the loss terms of a batch for a model under a schedule."""
+    """Computes the loss terms of a batch for a model under a schedule (options: module doc)."""
 
     def __init__(
         self,
         schedule: SqrtSchedule,
         pad_weight: float = 1.0,
         weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        noise_weighting: str = "snr",
+        decoder_input: str = "x0_hat",
+        decoder_max_t: int = 0,
+        self_cond_prob: float = 0.5,
+        length_weight: float = 0.1,
     ) -> None:
+        if noise_weighting not in NOISE_WEIGHTINGS:
+            raise ValueError(
+                f"noise_weighting must be one of {', '.join(NOISE_WEIGHTINGS)}, "
+                f"not {noise_weighting!r}"
+            )
+        if decoder_input not in DECODER_INPUTS:
+            raise ValueError(
+                f"decoder_input must be one of {', '.join(DECODER_INPUTS)}, not {decoder_input!r}"
+            )
+        if not 0 <= decoder_max_t < schedule.steps:
+            raise ValueError(f"decoder_max_t must lie in [0, {schedule.steps - 1}]")
         self.schedule, self.pad_weight, self.weights = schedule, pad_weight, weights
+        self.noise_weight = NOISE_WEIGHTINGS[noise_weighting]
+        self.decoder_input, self.decoder_max_t = decoder_input, decoder_max_t
+        self.self_cond_prob, self.length_weight = self_cond_prob, length_weight
 
     def encoder_states(
         self, model: CodeFusionModel, batch: Batch
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """E(s), with Gaussian noise in place of it (and nothing masked) for unconditional rows."""
+        """E(s), with Gaussian noise in place of it (and nothing masked) for unconditional rows.
+
+        ``torch.where`` on every batch, not ``if u.any()``: a branch on a device tensor would
+        synchronise with the GPU at every step."""
         enc = model.encode(batch.prompt_ids, batch.prompt_mask)
         u = batch.uncond
-        if bool(u.any()):
-            enc = torch.where(u[:, None, None], torch.randn_like(enc), enc)
-            mask = torch.where(u[:, None], torch.ones_like(batch.prompt_mask), batch.prompt_mask)
-        else:
-            mask = batch.prompt_mask
+        enc = torch.where(u[:, None, None], torch.randn_like(enc), enc)
+        mask = torch.where(u[:, None], torch.ones_like(batch.prompt_mask), batch.prompt_mask)
         return enc, attention_mask(mask)
+
+    def predict_x0(
+        self,
+        model: CodeFusionModel,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        kv: list,
+        cross_mask: torch.Tensor,
+        x0_prev: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """N's estimate of x0, whatever N's parametrisation."""
+        out = model.denoise(x_t, t, kv, cross_mask, x0_prev)
+        return out if model.config.prediction == "x0" else self.schedule.x0_from_eps(x_t, t, out)
 
     def __call__(
         self, model: CodeFusionModel, batch: Batch, with_accuracy: bool = False
@@ -97,16 +163,28 @@ class CodeFusionObjective:
         eps = torch.randn_like(x0)
         x_t = sched.q_sample(x0, t, eps)
 
-        out = model.denoise(x_t, t, kv_n, cross_mask)  # N
-        if cfg.prediction == "x0":
-            x0_hat, eps_hat = out, sched.eps_from_x0(x_t, t, out)
+        x0_prev = None
+        # A host-side coin (Python's RNG, saved in checkpoints): no device sync, and every DDP
+        # rank (seeded alike) takes the same branch.
+        if cfg.self_condition and random.random() < self.self_cond_prob:
+            with torch.no_grad():
+                x0_prev = self.predict_x0(model, x_t, t, kv_n, cross_mask).detach()
+        x0_hat = self.predict_x0(model, x_t, t, kv_n, cross_mask, x0_prev)  # N
+
+        if self.decoder_input == "x0_hat":
+            d_in = x0_hat
+        elif self.decoder_input == "clean":
+            d_in = x0
         else:
-            eps_hat, x0_hat = out, sched.x0_from_eps(x_t, t, out)
-        h = model.decode(x0_hat, kv_d, cross_mask)  # D
+            t_d = torch.randint(0, self.decoder_max_t + 1, (x0.shape[0],), device=x0.device)
+            d_in = sched.q_sample(x0, t_d, torch.randn_like(x0))
+        h = model.decode(d_in, kv_d, cross_mask)  # D
 
         w = position_weights(batch.code_ids, cfg.pad_id, cfg.eos_id, self.pad_weight)
         rows = x0.shape[0]
-        noise = ((eps_hat - eps).float().pow(2).mean(-1) * w).sum() / rows
+        snr = sched.snr(t)  # [B]
+        x0_err = (x0_hat - x0).float().pow(2).mean(-1)  # [B, C]
+        noise = (self.noise_weight(snr)[:, None] * x0_err * w).sum() / rows
         decoder = ((h - x0).float().pow(2).mean(-1) * w).sum() / rows
         # H + cross-entropy; on CUDA a fused kernel that never holds [B*C, V] fp32 logits.
         head = model.head
@@ -115,12 +193,18 @@ class CodeFusionObjective:
         )
         ce = ce / rows
         a, b, c = self.weights
-        out = {
-            "loss": a * noise + b * decoder + c * ce,
-            "noise": noise,
-            "decoder": decoder,
-            "ce": ce,
-        }
+        loss = a * noise + b * decoder + c * ce
+        out = {"noise": noise, "decoder": decoder, "ce": ce}
+        if model.length_head is not None:
+            target = content_length(batch.code_ids, cfg.pad_id, cfg.eos_id)
+            cond = (~batch.uncond).float()
+            per_row = F.cross_entropy(
+                model.length_logits(enc, batch.prompt_mask).float(), target, reduction="none"
+            )
+            length = (per_row * cond).sum() / cond.sum().clamp_min(1)
+            loss = loss + self.length_weight * length
+            out["length"] = length
+        out["loss"] = loss
         if with_accuracy:
             with torch.no_grad():
                 content = content_mask(batch.code_ids, cfg.pad_id, cfg.eos_id)

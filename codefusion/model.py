@@ -122,10 +122,12 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class Stack(nn.Module):
     """A stack of blocks between the latent space and the hidden width (used by N and D)."""
 
-    def __init__(self, cfg: CodeFusionConfig, kv_dim: int, layers: int, conditioned: bool):
+    def __init__(
+        self, cfg: CodeFusionConfig, kv_dim: int, layers: int, conditioned: bool, in_dim: int
+    ):
         super().__init__()
         d = cfg.hidden_dim
-        self.in_proj = nn.Linear(cfg.latent_dim, d)
+        self.in_proj = nn.Linear(in_dim, d)
         self.pos = nn.Parameter(torch.randn(cfg.code_len, d) * 0.02)
         self.blocks = nn.ModuleList(Block(cfg, kv_dim, conditioned) for _ in range(layers))
         self.norm = nn.LayerNorm(d)
@@ -152,10 +154,16 @@ class Stack(nn.Module):
 
 
 class Denoiser(Stack):
-    """N: predicts the clean embedding x0 from x_t, the timestep and the prompt encoding."""
+    """N: predicts the clean embedding x0 from x_t, the timestep and the prompt encoding.
+
+    With ``self_condition`` N also reads its previous estimate of x0 (zeros when there is none),
+    concatenated to x_t along the latent dim: [B, C, 2 Dz] -> in_proj.
+    """
 
     def __init__(self, cfg: CodeFusionConfig, kv_dim: int):
-        super().__init__(cfg, kv_dim, cfg.denoiser_layers, conditioned=True)
+        in_dim = cfg.latent_dim * (2 if cfg.self_condition else 1)
+        super().__init__(cfg, kv_dim, cfg.denoiser_layers, conditioned=True, in_dim=in_dim)
+        self.self_condition = cfg.self_condition
         d = cfg.hidden_dim
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.time_mod = nn.Sequential(nn.SiLU(), nn.Linear(d, 9 * d))
@@ -168,7 +176,10 @@ class Denoiser(Stack):
         t: torch.Tensor,
         cross_kv: list[KV],
         cross_mask: torch.Tensor | None,
+        x0_prev: torch.Tensor | None = None,  # [B, C, Dz] self-conditioning input
     ) -> torch.Tensor:
+        if self.self_condition:
+            x_t = torch.cat([x_t, torch.zeros_like(x_t) if x0_prev is None else x0_prev], -1)
         temb = self.time_mlp(timestep_embedding(t, self.in_proj.out_features))  # [B, d]
         cond = self.time_mod(temb).view(t.shape[0], 9, -1)
         # The timestep enters twice: added to every position, and through adaLN modulation.
@@ -179,7 +190,7 @@ class Decoder(Stack):
     """D: maps the denoised x0 to a representation that H can read (run once per sample)."""
 
     def __init__(self, cfg: CodeFusionConfig, kv_dim: int):
-        super().__init__(cfg, kv_dim, cfg.decoder_layers, conditioned=False)
+        super().__init__(cfg, kv_dim, cfg.decoder_layers, conditioned=False, in_dim=cfg.latent_dim)
 
     def forward(
         self, x0: torch.Tensor, cross_kv: list[KV], cross_mask: torch.Tensor | None
@@ -218,7 +229,15 @@ class CodeFusionModel(nn.Module):
         self.decoder = Decoder(cfg, kv_dim)  # D
         self.head = nn.Linear(cfg.latent_dim, cfg.vocab_size)  # H
         self.code_embedding = nn.Embedding(cfg.vocab_size, cfg.latent_dim)  # L
-        nn.init.normal_(self.code_embedding.weight)
+        nn.init.normal_(self.code_embedding.weight, std=cfg.embedding_init_std)
+        # Length head on E(s): classes 0..code_len (the number of code tokens before </s>).
+        self.length_head = (
+            nn.Sequential(
+                nn.Linear(kv_dim, kv_dim), nn.GELU(), nn.Linear(kv_dim, cfg.code_len + 1)
+            )
+            if cfg.length_head
+            else None
+        )
 
     @property
     def encoder_dim(self) -> int:
@@ -243,10 +262,15 @@ class CodeFusionModel(nn.Module):
         return self.denoiser.cross_kv(enc), self.decoder.cross_kv(enc)
 
     def denoise(
-        self, x_t: torch.Tensor, t: torch.Tensor, kv: list[KV], cross_mask: torch.Tensor | None
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        kv: list[KV],
+        cross_mask: torch.Tensor | None,
+        x0_prev: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """N(x_t, t, E(s)) -> x0_hat."""
-        return self.denoiser(x_t, t, kv, cross_mask)
+        """N(x_t, t, E(s) [, previous x0_hat]) -> x0_hat."""
+        return self.denoiser(x_t, t, kv, cross_mask, x0_prev)
 
     def decode(
         self, x0: torch.Tensor, kv: list[KV], cross_mask: torch.Tensor | None
@@ -258,6 +282,12 @@ class CodeFusionModel(nn.Module):
         """H: [B, C, Dz] -> [B, C, V]."""
         return self.head(h)
 
+    def length_logits(self, enc: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """Length head on the masked mean of E(s): [B, S, De], [B, S] -> [B, code_len + 1]."""
+        m = prompt_mask.to(enc.dtype).unsqueeze(-1)
+        pooled = (enc * m).sum(1) / m.sum(1).clamp_min(1)
+        return self.length_head(pooled)
+
     def parameter_counts(self) -> dict[str, int]:
         parts = {
             "encoder E": self.encoder,
@@ -266,6 +296,8 @@ class CodeFusionModel(nn.Module):
             "head H": self.head,
             "embedding L": self.code_embedding,
         }
+        if self.length_head is not None:
+            parts["length head"] = self.length_head
         counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
         counts["total"] = sum(counts.values())
         return counts

@@ -17,7 +17,7 @@ from codefusion.config import CodeFusionConfig, ConfigError
 from codefusion.errors import GenerationError, ModelLoadError
 from codefusion.languages import is_valid
 from codefusion.model import CodeFusionModel, attention_mask
-from codefusion.sampler import SampleOutput, sample
+from codefusion.sampler import Known, SampleOutput, sample
 from codefusion.schedule import SqrtSchedule
 from codefusion.tokenizer import CodeTokenizer, TokenizerError
 
@@ -76,6 +76,17 @@ def check_prompts(prompts: str | Sequence[str], allow_empty: bool) -> list[str]:
                 f"prompt {i} is not valid Unicode text (lone surrogates)"
             ) from None
     return prompts
+
+
+LENGTH_MODES = ("free", "predicted")
+
+
+def length_known(lengths: torch.Tensor, code_len: int, eos_id: int, pad_id: int) -> Known:
+    """Given positions for draws of fixed lengths [N]: ``</s>`` at the length, pad after it."""
+    pos = torch.arange(code_len, device=lengths.device)[None]  # [1, C]
+    ln = lengths[:, None]
+    tokens = torch.where(pos == ln, eos_id, pad_id).long()
+    return Known(mask=pos >= ln, tokens=tokens)
 
 
 @dataclass(frozen=True)
@@ -176,12 +187,23 @@ class CodeFusion:
         trace_at: set[int] | None = None,
         allow_empty: bool = False,
         fast: bool | None = None,
+        length: str = "free",
+        length_candidates: int = 3,
     ) -> SampleOutput:
         """Raw draws for each prompt: ``num_draws`` consecutive rows per prompt.
 
         ``fast`` (default: True on CUDA, False on CPU) replays one CUDA-graph-captured bf16
         denoising step per step (see ``codefusion.sampler``); on CPU it is the plain loop.
+        ``length="predicted"`` (models with a length head): draw ``j`` of a prompt gets the
+        ``(j mod length_candidates)``-th most likely length from the head, and its end token is
+        fixed there (the positions from it on are given: ``</s>`` then pad).
         """
+        if length not in LENGTH_MODES:
+            raise GenerationError(f"length must be one of {', '.join(LENGTH_MODES)}, not {length!r}")
+        if length == "predicted" and self.model.length_head is None:
+            raise GenerationError("length='predicted' needs a model trained with a length head")
+        if length_candidates < 1:
+            raise GenerationError(f"length_candidates must be at least 1, got {length_candidates}")
         if fast is None:
             fast = self.device.type == "cuda"
         prompts = check_prompts(prompts, allow_empty)
@@ -195,6 +217,10 @@ class CodeFusion:
                 )
         dev = self.device
         enc = self.model.encode(ids.to(dev), mask.to(dev))  # once per call, not per draw
+        known = None
+        if length == "predicted":
+            lengths = self.draw_lengths(enc, mask.to(dev), num_draws, length_candidates)
+            known = length_known(lengths, cfg.code_len, cfg.eos_id, cfg.pad_id)
         enc = enc.repeat_interleave(num_draws, dim=0)
         cross_mask = attention_mask(mask.to(dev)).repeat_interleave(num_draws, dim=0)
         gen = torch.Generator(device=dev).manual_seed(seed)
@@ -210,7 +236,19 @@ class CodeFusion:
             cache_cross_kv=cache_cross_kv,
             trace_at=trace_at,
             fast=fast,
+            known=known,
         )
+
+    def draw_lengths(
+        self, enc: torch.Tensor, mask: torch.Tensor, num_draws: int, candidates: int
+    ) -> torch.Tensor:
+        """[P * num_draws] code lengths: the length head's top ``candidates`` (1..C-1 tokens,
+        most likely first), repeated over each prompt's draws."""
+        c = self.config.code_len
+        logits = self.model.length_logits(enc, mask)[:, 1:c]  # lengths 1..C-1 leave room for </s>
+        top = logits.topk(min(candidates, c - 1), dim=-1).indices + 1  # [P, m]
+        pick = torch.arange(num_draws, device=top.device) % top.shape[1]
+        return top[:, pick].flatten()
 
     def generate(
         self,
@@ -224,6 +262,8 @@ class CodeFusion:
         syntax_rank: str | None = None,
         allow_empty: bool = False,
         fast: bool | None = None,
+        length: str = "free",
+        length_candidates: int = 3,
     ) -> list[Candidate] | list[list[Candidate]]:
         """Top-k programs per prompt, best first, duplicates removed.
 
@@ -255,6 +295,8 @@ class CodeFusion:
             clamp=clamp,
             allow_empty=allow_empty,
             fast=fast,
+            length=length,
+            length_candidates=length_candidates,
         )
         results = [
             rank_candidates(

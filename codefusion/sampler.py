@@ -29,6 +29,18 @@ from codefusion.schedule import SqrtSchedule
 
 
 @dataclass
+class Known:
+    """Canvas positions whose tokens are given (the end of a chosen length, infilling).
+
+    At every step N's estimate x0_hat is replaced at these positions by L(token) before the DDIM
+    update, so their x_t follows the forward process of the given token (RePaint-style
+    replacement) and the final tokens there are the given ones."""
+
+    mask: torch.Tensor  # [N, C] bool: True = given
+    tokens: torch.Tensor  # [N, C] int64 (read where mask)
+
+
+@dataclass
 class SampleOutput:
     tokens: torch.Tensor  # [N, C] argmax ids
     scores: torch.Tensor  # [N] mean log-probability of the chosen tokens (content + end)
@@ -47,13 +59,30 @@ def nearest_embedding(x0: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def decode_tokens(
-    model: CodeFusionModel, x0: torch.Tensor, kv_d: list[KV], cross_mask: torch.Tensor | None
+    model: CodeFusionModel,
+    x0: torch.Tensor,
+    kv_d: list[KV],
+    cross_mask: torch.Tensor | None,
+    known: Known | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """D and H on x0: argmax tokens [N, C] and their mean log-probability [N]."""
+    """D and H on x0: argmax tokens [N, C] (the given ones where ``known``) and their mean
+    log-probability over the content and the first end token [N]."""
     logp = F.log_softmax(model.logits(model.decode(x0, kv_d, cross_mask)).float(), dim=-1)
-    best, tokens = logp.max(-1)
+    tokens = logp.argmax(-1)
+    if known is not None:
+        tokens = torch.where(known.mask, known.tokens, tokens)
+    best = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     content = content_mask(tokens, model.config.pad_id, model.config.eos_id).float()
     return tokens, (best * content).sum(-1) / content.sum(-1)
+
+
+def known_inputs(
+    model: CodeFusionModel, known: Known | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``Known`` as :func:`ddim_step`'s inputs: mask [N, C, 1] and L(tokens) [N, C, Dz]."""
+    if known is None:
+        return None, None
+    return known.mask.unsqueeze(-1), model.embed_code(known.tokens)
 
 
 @torch.no_grad()
@@ -69,14 +98,18 @@ def sample(
     cache_cross_kv: bool = True,
     trace_at: set[int] | None = None,
     fast: bool = False,
+    known: Known | None = None,
 ) -> SampleOutput:
     """Denoise one batch of draws; ``steps`` None means all T steps.
 
     ``fast=True`` takes the CUDA-graph path on CUDA tensors (bf16, cached K/V; see the module
     docstring); elsewhere, and with ``cache_cross_kv=False``, it runs this plain loop.
+    With a self-conditioned N each step reads the previous step's x0_hat (zeros at the first).
     """
     if fast and enc.is_cuda and cache_cross_kv:
-        return sample_fast(model, schedule, enc, cross_mask, generator, steps, eta, clamp, trace_at)
+        return sample_fast(
+            model, schedule, enc, cross_mask, generator, steps, eta, clamp, trace_at, known=known
+        )
     cfg = model.config
     n = enc.shape[0]
     x = torch.randn(
@@ -86,21 +119,36 @@ def sample(
     table = None
     if clamp:
         table = model.embed_code(torch.arange(cfg.vocab_size, device=enc.device))
+    known_mask, known_x0 = known_inputs(model, known)
     ts = schedule.timesteps(steps)
     t_all, coef = step_plan(schedule, ts, eta)
     trace: list[tuple[int, torch.Tensor]] = []
+    x0 = torch.zeros_like(x) if cfg.self_condition else None  # self-conditioning input
     for i, t in enumerate(ts):
         last = i == len(ts) - 1
         kv = kv_n if cache_cross_kv else model.denoiser.cross_kv(enc)
         noise = None
         if eta > 0 and not last:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_prev, x0 = ddim_step(model, x, t_all[i].expand(n), coef[i], kv, cross_mask, table, noise)
+        x_prev, x0 = ddim_step(
+            model,
+            x,
+            t_all[i].expand(n),
+            coef[i],
+            kv,
+            cross_mask,
+            table,
+            noise,
+            x0_prev=x0 if cfg.self_condition else None,
+            known_mask=known_mask,
+            known_x0=known_x0,
+        )
         if trace_at is not None and t in trace_at:
             kv_dec = kv_d or model.decoder.cross_kv(enc)
-            trace.append((t, decode_tokens(model, x0, kv_dec, cross_mask)[0]))
+            trace.append((t, decode_tokens(model, x0, kv_dec, cross_mask, known)[0]))
         x = x0 if last else x_prev
-    tokens, scores = decode_tokens(model, x, kv_d or model.decoder.cross_kv(enc), cross_mask)
+    kv_dec = kv_d or model.decoder.cross_kv(enc)
+    tokens, scores = decode_tokens(model, x, kv_dec, cross_mask, known)
     return SampleOutput(tokens, scores, trace)
 
 
@@ -142,14 +190,20 @@ def ddim_step(
     cross_mask: torch.Tensor | None,  # [N, 1, 1, S]
     table: torch.Tensor | None = None,  # [V, Dz]: clamp x̂0 to the nearest token embedding
     noise: torch.Tensor | None = None,  # [N, C, Dz]: eta > 0
+    x0_prev: torch.Tensor | None = None,  # [N, C, Dz]: self-conditioning input
+    known_mask: torch.Tensor | None = None,  # [N, C, 1] bool: positions with given tokens
+    known_x0: torch.Tensor | None = None,  # [N, C, Dz]: L(given tokens)
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM step x_t -> (x_prev, x̂0): the plain loop's body with every per-step number a
-    tensor, so that a single CUDA graph captured from it serves every step."""
+    tensor, so that a single CUDA graph captured from it serves every step. Replacing x̂0 by
+    L(token) at given positions puts their x_prev on the forward-process path of that token."""
     sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, c_eps, sigma = coef.unbind(0)
-    out = model.denoise(x, t, kv, cross_mask).to(x.dtype)
+    out = model.denoise(x, t, kv, cross_mask, x0_prev).to(x.dtype)
     x0 = out if model.config.prediction == "x0" else (x - sqrt_1m_ab * out) / sqrt_ab
     if table is not None:
         x0 = nearest_embedding(x0, table)
+    if known_mask is not None:
+        x0 = torch.where(known_mask, known_x0.to(x0.dtype), x0)
     eps = (x - sqrt_ab * x0) / sqrt_1m_ab
     x_prev = sqrt_ab_prev * x0 + c_eps * eps
     if noise is not None:
@@ -180,8 +234,10 @@ class DenoiseStep:
         clamp: bool,
         with_noise: bool,
         amp_dtype: torch.dtype | None,
+        with_known: bool = False,
     ) -> None:
         cfg = model.config
+        self.self_condition = cfg.self_condition
         k0 = kv[0][0]
         n, dev = k0.shape[0], k0.device
         self.amp_dtype = amp_dtype
@@ -190,6 +246,10 @@ class DenoiseStep:
         self.t = torch.zeros((n,), dtype=torch.long, device=dev)
         self.coef = torch.ones((5,), dtype=torch.float32, device=dev)
         self.noise = torch.zeros_like(self.x) if with_noise else None
+        self.known_mask = (
+            torch.zeros((n, cfg.code_len, 1), dtype=torch.bool, device=dev) if with_known else None
+        )
+        self.known_x0 = torch.zeros_like(self.x) if with_known else None
         self.kv = [
             tuple(
                 torch.zeros((n, a.shape[1], prompt_len, a.shape[3]), dtype=a.dtype, device=dev)
@@ -211,9 +271,12 @@ class DenoiseStep:
         kv: list[KV],
         cross_mask: torch.Tensor | None,
         table: torch.Tensor | None,
+        known_mask: torch.Tensor | None = None,
+        known_x0: torch.Tensor | None = None,
     ) -> None:
         """Copy one call's inputs into the static buffers (the prompt's K/V into the first
-        ``s`` positions; the rest zeroed and masked out)."""
+        ``s`` positions; the rest zeroed and masked out). x̂0 starts at zero: the first step's
+        self-conditioning input."""
         s = kv[0][0].shape[2]
         for static, pair in zip(self.kv, kv, strict=True):
             for buf, a in zip(static, pair, strict=True):
@@ -225,8 +288,12 @@ class DenoiseStep:
         else:
             self.mask[..., :s].copy_(cross_mask.expand(self.mask.shape[0], 1, 1, s))
         self.x.copy_(x)
+        self.x0.zero_()
         if self.table is not None:
             self.table.copy_(table)
+        if self.known_mask is not None:
+            self.known_mask.copy_(known_mask)
+            self.known_x0.copy_(known_x0)
 
     def step(self, model: CodeFusionModel) -> None:
         """The captured function: one :func:`ddim_step` from and into the static buffers."""
@@ -239,7 +306,17 @@ class DenoiseStep:
             cache_enabled=False,
         ):
             x_prev, x0 = ddim_step(
-                model, self.x, self.t, self.coef, self.kv, self.mask, self.table, self.noise
+                model,
+                self.x,
+                self.t,
+                self.coef,
+                self.kv,
+                self.mask,
+                self.table,
+                self.noise,
+                x0_prev=self.x0 if self.self_condition else None,
+                known_mask=self.known_mask,
+                known_x0=self.known_x0,
             )
         self.x0.copy_(x0)
         self.x.copy_(x_prev)  # after every read of x: kernels run in stream order
@@ -286,17 +363,20 @@ def _denoise_step_for(
     with_noise: bool,
     amp_dtype: torch.dtype | None,
     use_graph: bool,
+    with_known: bool = False,
 ) -> DenoiseStep:
     k0 = kv[0][0]
     key = (
         tuple(k0.shape[:2]) + (prompt_len, k0.dtype, k0.device, x_dtype),
-        (clamp, with_noise, amp_dtype, use_graph, model.training),
+        (clamp, with_noise, amp_dtype, use_graph, model.training, with_known),
         tuple(p.data_ptr() for p in model.denoiser.parameters()),
     )
     cache = _STEPS.setdefault(model, {})
     runner = cache.pop(key, None)
     if runner is None:
-        runner = DenoiseStep(model, kv, prompt_len, x_dtype, clamp, with_noise, amp_dtype)
+        runner = DenoiseStep(
+            model, kv, prompt_len, x_dtype, clamp, with_noise, amp_dtype, with_known
+        )
         if use_graph:
             try:
                 runner.capture(model)
@@ -326,6 +406,7 @@ def sample_fast(
     trace_at: set[int] | None = None,
     use_graph: bool | None = None,
     amp_dtype: torch.dtype | None | str = "auto",
+    known: Known | None = None,
 ) -> SampleOutput:
     """The fast path of :func:`sample` (cached K/V always). ``use_graph`` None: a CUDA graph on
     CUDA; ``amp_dtype`` "auto": bf16 on CUDA where supported, else fp32 (None). With
@@ -355,10 +436,11 @@ def sample_fast(
     ts = schedule.timesteps(steps)
     t_plan, coef_plan = step_plan(schedule, ts, eta)
     prompt_len = max(enc.shape[1], cfg.max_prompt_len)  # one graph for every prompt length
+    known_mask, known_x0 = known_inputs(model, known)
     runner = _denoise_step_for(
-        model, kv_n, prompt_len, x.dtype, clamp, eta > 0, amp_dtype, use_graph
+        model, kv_n, prompt_len, x.dtype, clamp, eta > 0, amp_dtype, use_graph, known is not None
     )
-    runner.load(x, kv_n, cross_mask, table)
+    runner.load(x, kv_n, cross_mask, table, known_mask, known_x0)
     trace: list[tuple[int, torch.Tensor]] = []
     for i, t in enumerate(ts):
         runner.t.copy_(t_plan[i])  # 0-d -> [N]
@@ -377,7 +459,7 @@ def sample_fast(
         runner(model)
         if trace_at is not None and t in trace_at:
             with amp():
-                trace.append((t, decode_tokens(model, runner.x0, kv_d, cross_mask)[0]))
+                trace.append((t, decode_tokens(model, runner.x0, kv_d, cross_mask, known)[0]))
     with amp():
-        tokens, scores = decode_tokens(model, runner.x0, kv_d, cross_mask)  # x = x̂0 at t = 0
+        tokens, scores = decode_tokens(model, runner.x0, kv_d, cross_mask, known)  # x̂0 at t = 0
     return SampleOutput(tokens, scores, trace)

@@ -37,6 +37,11 @@ class SqrtSchedule(nn.Module):
         """values[t] broadcast to ``like``'s shape ([B] -> [B, 1, 1])."""
         return values[t].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) at steps t: [B] -> [B]."""
+        ab = self.alphas_cumprod[t]
+        return ab / (1.0 - ab)
+
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Forward noising: x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps."""
         return self._at(self.sqrt_ab, t, x0) * x0 + self._at(self.sqrt_1m_ab, t, x0) * noise

@@ -19,14 +19,14 @@ def _run(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = load_generator(args.model, device=device)
-    examples, report = load_benchmark(args.benchmark, "test", args.data)
-    if args.limit:
-        examples = examples[: args.limit]
+    examples = _examples(args)
     options = {
         "num_draws": args.draws,
         "steps": args.steps,
         "clamp": args.clamp,
         "syntax_rank": args.syntax_rank,
+        "length": args.length,
+        "length_candidates": args.length_candidates,
     }
     if args.mode:
         options["mode"] = args.mode
@@ -50,6 +50,70 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"top-1 {m['top1']:.1f}  top-3 {m['top3']:.1f}  top-5 {m['top5']:.1f}  ({m['n']} items) -> {out}"
     )
+    return 0
+
+
+def _examples(args: argparse.Namespace) -> list:
+    """The test split, or the held-out share of the train split that training validated on."""
+    from codefusion.data import load_benchmark
+
+    if args.split == "test":
+        examples = load_benchmark(args.benchmark, "test", args.data)[0]
+    else:
+        from train.data import holdout_examples
+
+        train = load_benchmark(args.benchmark, "train", args.data)[0]
+        examples = holdout_examples(
+            train, args.holdout_fraction, args.holdout_seed, args.holdout_by, args.benchmark
+        )[1]
+    return examples[: args.limit] if args.limit else examples
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from codefusion.auto import load_generator
+    from codefusion.pipeline import CodeFusion
+    from eval.diagnose import generation_diagnostics, model_diagnostics_on
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gen = load_generator(args.model, device=device)
+    examples = _examples(args)
+    out: dict = {"split": args.split, "n": len(examples)}
+    if isinstance(gen, CodeFusion):
+        out["model"] = model_diagnostics_on(gen, examples, seed=args.seed)
+    options = {"num_draws": args.draws, "steps": args.steps}
+    if isinstance(gen, CodeFusion) and args.length:
+        options["length"] = args.length
+    options = {k: v for k, v in options.items() if v is not None}
+    out["generation"] = generation_diagnostics(
+        gen, examples, args.benchmark, seed=args.seed, progress=True, **options
+    )
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _add_split_args(r: argparse.ArgumentParser) -> None:
+    r.add_argument(
+        "--split",
+        choices=["test", "heldout"],
+        default="test",
+        help="test split, or the held-out share of the train split (choose settings on it)",
+    )
+    r.add_argument(
+        "--holdout-fraction", type=float, default=0.1, help="held-out share (as in training)"
+    )
+    r.add_argument("--holdout-seed", type=int, default=0, help="the training run's seed")
+    r.add_argument("--holdout-by", choices=["code", "row"], default="code")
+
+
+def _ablation(args: argparse.Namespace) -> int:
+    from eval.ablation import run_plan
+
+    table = run_plan(Path(args.plan), Path(args.out), args.only, args.data)
+    print(table.read_text())
     return 0
 
 
@@ -87,14 +151,48 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument(
         "--mode", choices=["beam", "sample"], help="autoregressive baseline: beam or sampling"
     )
+    r.add_argument(
+        "--length",
+        choices=["free", "predicted"],
+        help="CodeFusion: end position from the length head (predicted) or left to N (free)",
+    )
+    r.add_argument(
+        "--length-candidates", type=int, help="predicted lengths: how many top lengths to draw"
+    )
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--limit", type=int, help="only the first N test items (smoke runs)")
+    _add_split_args(r)
     r.add_argument("--batch-size", type=int, default=32, help="prompts per generation batch")
     r.add_argument(
         "--codebertscore", help="local CodeBERT(-python) model directory for CodeBERTScore"
     )
     r.add_argument("--device", help="cpu or cuda")
     r.set_defaults(func=_run)
+    dg = sub.add_parser(
+        "diagnose",
+        help="why a model generates well or badly: D on clean L(y), x0_hat accuracy by step, "
+        "length and validity of samples",
+    )
+    dg.add_argument("--model", required=True, help="model directory")
+    dg.add_argument("--benchmark", required=True, choices=["cf", "bash", "python"])
+    dg.add_argument("--data", help="benchmark data folder (default: $CODEFUSION_DATA)")
+    dg.add_argument("--draws", type=int, help="noise draws per prompt (default 2k)")
+    dg.add_argument("--steps", type=int, default=100, help="denoising steps (default 100)")
+    dg.add_argument("--length", choices=["free", "predicted"])
+    dg.add_argument("--seed", type=int, default=0)
+    dg.add_argument("--limit", type=int, help="only the first N items")
+    dg.add_argument("--device", help="cpu or cuda")
+    _add_split_args(dg)
+    dg.set_defaults(func=_diagnose)
+    ab = sub.add_parser(
+        "ablation",
+        help="train and score a plan of configurations (eval/ablation.py), one table",
+    )
+    ab.add_argument("plan", help="ablation plan (YAML), e.g. configs/ablation-cf-small.yaml")
+    ab.add_argument("--out", required=True, help="results folder")
+    ab.add_argument("--only", nargs="+", help="run only these rows (others: table only)")
+    ab.add_argument("--data", help="benchmark data folder (default: $CODEFUSION_DATA)")
+    ab.set_defaults(func=_ablation)
     t = sub.add_parser("tables", help="combine result folders into one table and a plot")
     t.add_argument(
         "results", nargs="+", help="result folders (each with metrics.json, or parents of them)"

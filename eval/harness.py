@@ -195,6 +195,11 @@ def run_eval(
     )
     gen_s = time.perf_counter() - t0
     records, metrics = score(scoring, examples, candidates)
+    tokenizer = getattr(generator, "tokenizer", None)
+    if tokenizer is not None:
+        from eval.diagnose import length_accuracy
+
+        metrics.update(length_accuracy(tokenizer, examples, candidates))
     if codebertscore and lang == "python":
         add_codebertscore(metrics, records, codebertscore, k)
     metrics.update(

@@ -39,9 +39,9 @@ def _record_decoded(monkeypatch):
     seen: list[torch.Tensor] = []
     real = sampler_mod.decode_tokens
 
-    def spy(model, x0, kv, mask):
+    def spy(model, x0, kv, mask, known=None):
         seen.append(x0.clone())
-        return real(model, x0, kv, mask)
+        return real(model, x0, kv, mask, known)
 
     monkeypatch.setattr(sampler_mod, "decode_tokens", spy)
     return seen

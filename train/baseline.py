@@ -67,3 +67,4 @@ class BaselineModule(CodeFusionModule):
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.max_steps, self.on_nan = warmup_steps, max_steps, on_nan
         self.skipped_nonfinite = 0
+        self.embedding_lr_mult, self.diagnostics = 1.0, False

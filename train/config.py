@@ -50,7 +50,24 @@ class StageConfig:
     val_batches: int = 8
     ckpt_every: int = 200
     log_every: int = 10
+    # EMA of the weights with a warm-up (train/ema.py), exported instead of the raw weights.
     ema_decay: float | None = None  # e.g. 0.999; None: no EMA
+    # --- the objective (codefusion/diffusion.py; defaults chosen on held-out data, README) ---
+    noise_weighting: str = "snr"  # snr (the paper's ||eps_hat - eps||^2) | x0 | min_snr | max_snr_1
+    decoder_input: str = "x0_hat"  # x0_hat (the paper's reading) | clean | noised
+    decoder_max_t: int = 0  # decoder_input=noised: D reads L(y) noised to t' <= this
+    self_cond_prob: float = 0.5  # share of batches that self-condition (model: self_condition)
+    length_weight: float = 0.1  # weight of the length head's cross-entropy (model: length_head)
+    embedding_lr_mult: float = 1.0  # L's learning rate, as a multiple of lr
+    # Held-out share: "code" keeps every row of a held-out program out of training (CF's train
+    # split has near-duplicates, so a random share of rows is not independent of training);
+    # "row" draws rows.
+    holdout: str = "code"
+    # Generation on the held-out share at each validation (fine-tuning): items (0 = none),
+    # sampling steps and draws. Logs val/top1, val/top5, val/valid_top1, val/length_acc.
+    val_generate: int = 0
+    val_generate_steps: int = 20
+    val_generate_draws: int = 10
     on_nan: str = "stop"  # stop | skip
     num_workers: int = 0
 
@@ -61,6 +78,24 @@ class StageConfig:
             raise RunConfigError("uncond_ratio and mask_rate must lie in [0, 1]")
         if self.max_steps < 1 or self.batch_size < 1:
             raise RunConfigError("max_steps and batch_size must be positive")
+        from codefusion.diffusion import DECODER_INPUTS, NOISE_WEIGHTINGS
+
+        choices = {
+            "noise_weighting": tuple(NOISE_WEIGHTINGS),
+            "decoder_input": DECODER_INPUTS,
+            "holdout": ("code", "row"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise RunConfigError(
+                    f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}"
+                )
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise RunConfigError(f"ema_decay must lie in (0, 1), not {self.ema_decay}")
+        if not 0.0 <= self.self_cond_prob <= 1.0:
+            raise RunConfigError("self_cond_prob must lie in [0, 1]")
+        if self.embedding_lr_mult <= 0:
+            raise RunConfigError("embedding_lr_mult must be positive")
 
 
 @dataclass

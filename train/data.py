@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from codefusion.data import load_benchmark, load_snippets
+from codefusion.data import Example, load_benchmark, load_snippets
 from codefusion.diffusion import Batch
 from codefusion.masking import mask_code
 from codefusion.tokenizer import CodeTokenizer
@@ -87,15 +88,57 @@ class Collator:
         return Batch(ids, mask, code, torch.tensor([r.uncond for r in rows]))
 
 
-def split_holdout(items: list, fraction: float, seed: int) -> tuple[list, list]:
-    """A deterministic (train, val) split; val has at least one item when fraction > 0."""
+def split_holdout(
+    items: list, fraction: float, seed: int, key: Callable[[Any], Hashable] | None = None
+) -> tuple[list, list]:
+    """A deterministic (train, val) split; val has at least one item when fraction > 0.
+
+    With ``key``, items of equal key go to the same side (whole groups are held out, in a
+    seeded order, until ``fraction`` of the items is reached): a held-out program is then never
+    trained on under another prompt."""
     if fraction <= 0 or len(items) < 2:
         return items, []
-    order = list(range(len(items)))
+    groups: dict[Hashable, list[int]] = {}
+    for i, x in enumerate(items):
+        groups.setdefault(i if key is None else key(x), []).append(i)
+    order = list(groups)
     random.Random(seed).shuffle(order)
-    n_val = max(1, int(len(items) * fraction))
-    val = set(order[:n_val])
+    n_val, val = max(1, int(len(items) * fraction)), set()
+    for g in order:
+        if len(val) >= n_val:
+            break
+        # A group that would overshoot the share (CF: "Duplicate()" under 50 prompts) is kept
+        # for training, unless nothing is held out yet.
+        if val and len(val) + len(groups[g]) > n_val * 1.25:
+            continue
+        if len(val) + len(groups[g]) < len(items):
+            val.update(groups[g])
     return [x for i, x in enumerate(items) if i not in val], [items[i] for i in sorted(val)]
+
+
+def code_key(lang: str) -> Callable[[str], Hashable]:
+    """What counts as "the same program" for a held-out split: CF's canonical form (so
+    ``Duplicate()`` and ``Duplicates()`` are one program), else whitespace-normalised text."""
+
+    def key(code: str) -> Hashable:
+        if lang == "cf":
+            from codefusion.cfrules import CFError, canonical
+
+            try:
+                return canonical(code)
+            except CFError:
+                pass
+        return " ".join(code.split())
+
+    return key
+
+
+def holdout_examples(
+    examples: list[Example], fraction: float, seed: int, by: str, lang: str
+) -> tuple[list[Example], list[Example]]:
+    """The fine-tuning (train, held-out) split of a benchmark's train examples."""
+    key = code_key(lang)
+    return split_holdout(examples, fraction, seed, (lambda e: key(e.code)) if by == "code" else None)
 
 
 class CodeFusionDataModule(L.LightningDataModule):
@@ -116,8 +159,11 @@ class CodeFusionDataModule(L.LightningDataModule):
         data_dir: str | None = None,
         python_corpus: str | None = None,
         num_workers: int = 0,
+        holdout: str = "code",
     ) -> None:
         super().__init__()
+        self.holdout = holdout
+        self.val_examples: list[Example] = []  # fine-tuning: the held-out examples
         if stage not in ("pretrain", "finetune"):
             raise ValueError(f"unknown stage {stage!r}")
         self.stage, self.lang, self.tok = stage, lang, tokenizer
@@ -146,9 +192,13 @@ class CodeFusionDataModule(L.LightningDataModule):
         else:
             examples, report = load_benchmark(self.lang, "train", self.data_dir)
             log.info("fine-tuning data (%s train): %s", self.lang, report)
-            pairs = [(e.prompt, e.code) for e in examples]
-            train, val = split_holdout(pairs, self.val_fraction, self.seed)
-            self.train_set, self.val_set = PairDataset(train), PairDataset(val)
+            train, val = holdout_examples(
+                examples, self.val_fraction, self.seed, self.holdout, self.lang
+            )
+            log.info("held out %d of %d rows (by %s)", len(val), len(examples), self.holdout)
+            self.val_examples = val
+            self.train_set = PairDataset([(e.prompt, e.code) for e in train])
+            self.val_set = PairDataset([(e.prompt, e.code) for e in val])
         _, cut = self.tok.encode_code(
             [r.code for r in (self.train_set[i] for i in range(min(2000, len(self.train_set))))],
             self.collate.code_len,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from typing import Any
 
 import lightning as L
@@ -12,6 +13,7 @@ import torch
 
 from codefusion.config import CodeFusionConfig
 from codefusion.diffusion import Batch, CodeFusionObjective
+from codefusion.diagnostics import model_diagnostics
 from codefusion.model import CodeFusionModel
 from codefusion.schedule import SqrtSchedule
 from train.resume import capture_rng_state, restore_rng_state
@@ -35,12 +37,18 @@ class CodeFusionModule(L.LightningModule):
         max_steps: int = 1000,
         pad_weight: float = 1.0,
         on_nan: str = "stop",
+        embedding_lr_mult: float = 1.0,
+        diagnostics: bool = True,
+        **objective_options: Any,
     ) -> None:
         super().__init__()
         self.model = model
         cfg: CodeFusionConfig = model.config
         self.schedule = SqrtSchedule(cfg.diffusion_steps, cfg.schedule_offset)
-        self.objective = CodeFusionObjective(self.schedule, pad_weight=pad_weight)
+        self.objective = CodeFusionObjective(
+            self.schedule, pad_weight=pad_weight, **objective_options
+        )
+        self.embedding_lr_mult, self.diagnostics = embedding_lr_mult, diagnostics
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.max_steps, self.on_nan = warmup_steps, max_steps, on_nan
         self.skipped_nonfinite = 0
@@ -103,21 +111,43 @@ class CodeFusionModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        # A fixed generator per batch: the validation loss is comparable across evaluations.
+        # A fixed generator per batch: the validation loss is comparable across evaluations;
+        # and validation leaves the training's RNG streams (torch and Python's) as it found them.
+        py_state = random.getstate()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(1234 + batch_idx)
+            random.seed(1234 + batch_idx)
             out = self.objective(self.model, batch)
+        random.setstate(py_state)
         self.log_dict(
             {f"val/{k}": v for k, v in out.items()},
             prog_bar=False,
             batch_size=batch.code_ids.shape[0],
         )
         self.log("val_loss", out["loss"], prog_bar=True, batch_size=batch.code_ids.shape[0])
+        if self.diagnostics and isinstance(self.model, CodeFusionModel):
+            gen = torch.Generator(device=self.device).manual_seed(4321 + batch_idx)
+            diag = model_diagnostics(self.model, self.schedule, batch, generator=gen)
+            self.log_dict(
+                {f"val/{k}": v for k, v in diag.items()}, batch_size=batch.code_ids.shape[0]
+            )
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: L at ``embedding_lr_mult`` times the learning rate, the rest at it."""
+        emb = getattr(self.model, "code_embedding", None)
+        if emb is None or self.embedding_lr_mult == 1.0:
+            return [{"params": list(self.model.parameters())}]
+        ids = {id(p) for p in emb.parameters()}
+        rest = [p for p in self.model.parameters() if id(p) not in ids]
+        return [
+            {"params": rest},
+            {"params": list(emb.parameters()), "lr": self.lr * self.embedding_lr_mult},
+        ]
 
     def configure_optimizers(self):
         fused = self.device.type == "cuda" or torch.cuda.is_available()
         opt = torch.optim.AdamW(
-            self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=fused or None
+            self.param_groups(), lr=self.lr, weight_decay=self.weight_decay, fused=fused or None
         )
 
         def lr_lambda(step: int) -> float:

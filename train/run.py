@@ -61,7 +61,11 @@ def _precision(cfg: RunConfig) -> str:
 
 
 def trainer_for(
-    cfg: RunConfig, st: StageConfig, stage_dir: Path, progress: bool = True
+    cfg: RunConfig,
+    st: StageConfig,
+    stage_dir: Path,
+    progress: bool = True,
+    extra_callbacks: list | None = None,
 ) -> L.Trainer:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -76,11 +80,12 @@ def trainer_for(
             save_top_k=1,
         ),
         LearningRateMonitor(logging_interval="step"),
+        *(extra_callbacks or []),  # before the EMA: they see the averaged weights at validation
     ]
     if st.ema_decay:
-        from lightning.pytorch.callbacks import EMAWeightAveraging
+        from train.ema import EMA
 
-        callbacks.append(EMAWeightAveraging(decay=st.ema_decay))
+        callbacks.append(EMA(st.ema_decay))
     loggers: list = [CSVLogger(stage_dir, name="logs")]
     try:
         import tensorboard  # noqa: F401  (optional dependency)
@@ -158,6 +163,16 @@ def run_stage(
         data_dir=cfg.data_dir,
         python_corpus=cfg.python_corpus,
         num_workers=st.num_workers,
+        holdout=st.holdout,
+    )
+    objective = dict(
+        pad_weight=st.pad_weight,
+        embedding_lr_mult=st.embedding_lr_mult,
+        noise_weighting=st.noise_weighting,
+        decoder_input=st.decoder_input,
+        decoder_max_t=st.decoder_max_t,
+        self_cond_prob=st.self_cond_prob,
+        length_weight=st.length_weight,
     )
     module = (BaselineModule if ar else CodeFusionModule)(
         model,
@@ -166,13 +181,17 @@ def run_stage(
         warmup_steps=st.warmup_steps,
         max_steps=st.max_steps,
         on_nan=st.on_nan,
-        **({} if ar else {"pad_weight": st.pad_weight}),
+        **({} if ar else objective),
     )
+    extra = []
+    if stage == "finetune" and st.val_generate > 0:
+        dm.setup()
+        extra.append(generation_check(cfg, st, dm, tok, ar))
     last = stage_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if resume and last.is_file() else None
     if ckpt_path:
         log.info("resuming %s from %s", stage, last)
-    trainer = trainer_for(cfg, st, stage_dir, progress)
+    trainer = trainer_for(cfg, st, stage_dir, progress, extra)
     try:
         with warnings.catch_warnings():  # our DataModule restores the position in the epoch
             warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
@@ -183,6 +202,21 @@ def run_stage(
     if trainer.is_global_zero:
         (ARBaseline if ar else CodeFusion)(module.model.eval(), tok).save_pretrained(export)
     return export
+
+
+def generation_check(cfg: RunConfig, st: StageConfig, dm, tok: CodeTokenizer, ar: bool):
+    """Held-out generation at each validation (train/validation.py), same options for both
+    architectures where they apply."""
+    from train.validation import GenerationCheck
+
+    if ar:
+        wrap, options = ARBaseline, {"num_draws": st.val_generate_draws}
+    else:
+        wrap = CodeFusion
+        options = {"num_draws": st.val_generate_draws, "steps": st.val_generate_steps}
+    return GenerationCheck(
+        dm.val_examples[: st.val_generate], cfg.language, tok, wrap, seed=cfg.seed, **options
+    )
 
 
 def run(

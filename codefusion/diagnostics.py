@@ -1,0 +1,74 @@
+"""Why a CodeFusion model generates well or badly: diagnostics of its pieces on real code.
+
+A model can score well on its own loss and still generate badly. These numbers, on a batch of
+held-out (prompt, code) pairs, say where:
+
+- ``decoder_clean_acc``: token accuracy of D+H on the *clean* L(y). Sampling ends with D on an
+  x0_hat that, for a good sample, is close to L(y); a D that is wrong here cannot round a good
+  sample into the right tokens (a D trained only on blurred x0_hat learns to ignore its input).
+- ``x0_nn_acc@t``: token accuracy of the nearest L row to N's x0_hat at step t (x_t from the
+  forward process of the gold code). High at small t and falling with t is a healthy N; the
+  steps where it collapses are the steps sampling cannot get right.
+- ``length_acc``: accuracy of the length head (when the model has one).
+
+Generation diagnostics (length accuracy of samples, valid top-1) need a benchmark's scoring
+and live in ``eval/diagnose.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from codefusion.diffusion import Batch, content_length, content_mask
+from codefusion.model import CodeFusionModel, attention_mask
+from codefusion.schedule import SqrtSchedule
+
+# Steps at which x0_nn_acc is reported by default (of T = 1200; scaled for other T).
+DEFAULT_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+def default_steps(schedule: SqrtSchedule) -> list[int]:
+    return sorted({round(f * (schedule.steps - 1)) for f in DEFAULT_FRACTIONS})
+
+
+@torch.no_grad()
+def model_diagnostics(
+    model: CodeFusionModel,
+    schedule: SqrtSchedule,
+    batch: Batch,
+    steps: list[int] | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """The diagnostics above on one batch (conditional rows; ``uncond`` is ignored)."""
+    cfg = model.config
+    steps = default_steps(schedule) if steps is None else steps
+    enc = model.encode(batch.prompt_ids, batch.prompt_mask)
+    cross_mask = attention_mask(batch.prompt_mask)
+    kv_n, kv_d = model.cross_kv(enc)
+    content = content_mask(batch.code_ids, cfg.pad_id, cfg.eos_id)
+    n_content = content.sum().clamp_min(1)
+
+    def acc(tokens: torch.Tensor) -> float:
+        return float(((tokens == batch.code_ids) & content).sum() / n_content)
+
+    x0 = model.embed_code(batch.code_ids)
+    out = {"decoder_clean_acc": acc(model.logits(model.decode(x0, kv_d, cross_mask)).argmax(-1))}
+    table = model.embed_code(torch.arange(cfg.vocab_size, device=x0.device))  # [V, Dz]
+    for t in steps:
+        tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_t = schedule.q_sample(x0, tt, eps)
+        x0_hat = _predict_x0(model, schedule, x_t, tt, kv_n, cross_mask, None)
+        if cfg.self_condition:  # as in sampling: N reads an estimate of x0 (here its own)
+            x0_hat = _predict_x0(model, schedule, x_t, tt, kv_n, cross_mask, x0_hat)
+        out[f"x0_nn_acc@{t}"] = acc((x0_hat @ table.T).argmax(-1))
+    if model.length_head is not None:
+        pred = model.length_logits(enc, batch.prompt_mask).argmax(-1)
+        gold = content_length(batch.code_ids, cfg.pad_id, cfg.eos_id)
+        out["length_head_acc"] = float((pred == gold).float().mean())
+    return out
+
+
+def _predict_x0(model, schedule, x_t, t, kv, cross_mask, x0_prev):
+    out = model.denoise(x_t, t, kv, cross_mask, x0_prev)
+    return out if model.config.prediction == "x0" else schedule.x0_from_eps(x_t, t, out)
