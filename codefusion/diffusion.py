@@ -81,7 +81,8 @@ def position_weights(
 
 def content_length(code_ids: torch.Tensor, pad_id: int, eos_id: int) -> torch.Tensor:
     """[B] number of code tokens before the first end/pad token (the length head's target)."""
-    return (content_mask(code_ids, pad_id, eos_id).sum(1) - 1).clamp_min(0)
+    is_end = (code_ids == pad_id) | (code_ids == eos_id)
+    return (torch.cumsum(is_end.long(), dim=1) == 0).sum(1)
 
 
 # Noise-term weight on ||x0_hat - x0||^2 as a function of SNR(t) [B].

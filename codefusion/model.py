@@ -232,9 +232,7 @@ class CodeFusionModel(nn.Module):
         nn.init.normal_(self.code_embedding.weight, std=cfg.embedding_init_std)
         # Length head on E(s): classes 0..code_len (the number of code tokens before </s>).
         self.length_head = (
-            nn.Sequential(
-                nn.Linear(kv_dim, kv_dim), nn.GELU(), nn.Linear(kv_dim, cfg.code_len + 1)
-            )
+            nn.Sequential(nn.Linear(kv_dim, kv_dim), nn.GELU(), nn.Linear(kv_dim, cfg.code_len + 1))
             if cfg.length_head
             else None
         )

@@ -199,7 +199,9 @@ class CodeFusion:
         fixed there (the positions from it on are given: ``</s>`` then pad).
         """
         if length not in LENGTH_MODES:
-            raise GenerationError(f"length must be one of {', '.join(LENGTH_MODES)}, not {length!r}")
+            raise GenerationError(
+                f"length must be one of {', '.join(LENGTH_MODES)}, not {length!r}"
+            )
         if length == "predicted" and self.model.length_head is None:
             raise GenerationError("length='predicted' needs a model trained with a length head")
         if length_candidates < 1:

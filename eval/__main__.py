@@ -14,7 +14,6 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from codefusion.auto import load_generator
-    from codefusion.data import load_benchmark
     from eval.harness import run_eval
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

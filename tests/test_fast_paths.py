@@ -56,6 +56,8 @@ def _record_decoded(monkeypatch):
         # Ancestral, eps-prediction: x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) amplifies rounding by
         # up to 1/sqrt(ab) ~ 350, so this case uses an unpadded prompt (bit-equal attention).
         (None, 1.0, False, True, "eps"),
+        # Self-conditioning (x0_hat carried in the static buffer) with given positions.
+        (13, 0.0, False, True, "x0-selfcond-known"),
     ],
 )
 def test_graph_step_function_equals_plain_loop(
@@ -63,6 +65,17 @@ def test_graph_step_function_equals_plain_loop(
 ):
     """The function the CUDA graph captures (DenoiseStep.step over static buffers, K/V padded to
     max_prompt_len), run eagerly in fp32 on CPU, reproduces the plain loop."""
+    known = None
+    if prediction == "x0-selfcond-known":
+        prediction = "x0"
+        from codefusion.config import preset
+        from codefusion.pipeline import build_model, length_known
+
+        torch.manual_seed(0)
+        tiny_model.model = build_model(
+            preset("tiny", code_len=16, self_condition=True), tiny_model.tokenizer
+        ).eval()
+        known = length_known(torch.tensor([3, 5, 1, 15, 7, 2]), 16, eos_id=1, pad_id=0)
     m = tiny_model.model
     _perturb(m)
     m.config.prediction = prediction
@@ -70,7 +83,7 @@ def test_graph_step_function_equals_plain_loop(
     enc, mask = _inputs(m, prompt_len=7 if prediction == "x0" else m.config.max_prompt_len)
     mask = mask if masked else None
     seen = _record_decoded(monkeypatch)
-    kw = dict(steps=steps, eta=eta, clamp=clamp, trace_at={59, 30, 0})
+    kw = dict(steps=steps, eta=eta, clamp=clamp, trace_at={59, 30, 0}, known=known)
     a = sample(m, tiny_model.schedule, enc, mask, torch.Generator().manual_seed(3), **kw)
     n_plain = len(seen)
     b = sample_fast(

@@ -138,7 +138,9 @@ def holdout_examples(
 ) -> tuple[list[Example], list[Example]]:
     """The fine-tuning (train, held-out) split of a benchmark's train examples."""
     key = code_key(lang)
-    return split_holdout(examples, fraction, seed, (lambda e: key(e.code)) if by == "code" else None)
+    return split_holdout(
+        examples, fraction, seed, (lambda e: key(e.code)) if by == "code" else None
+    )
 
 
 class CodeFusionDataModule(L.LightningDataModule):

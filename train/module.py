@@ -12,8 +12,8 @@ import lightning as L
 import torch
 
 from codefusion.config import CodeFusionConfig
-from codefusion.diffusion import Batch, CodeFusionObjective
 from codefusion.diagnostics import model_diagnostics
+from codefusion.diffusion import Batch, CodeFusionObjective
 from codefusion.model import CodeFusionModel
 from codefusion.schedule import SqrtSchedule
 from train.resume import capture_rng_state, restore_rng_state

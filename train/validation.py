@@ -45,7 +45,9 @@ class GenerationCheck(L.Callback):
         from eval.diagnose import generation_diagnostics
 
         was_training = pl_module.model.training
-        with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
+        with torch.random.fork_rng(
+            devices=[pl_module.device] if pl_module.device.type == "cuda" else []
+        ):
             metrics = generation_diagnostics(
                 self.wrap(pl_module.model, self.tokenizer),
                 self.examples,
