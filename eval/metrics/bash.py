@@ -17,7 +17,8 @@ Rules
   substitutions is replaced by their templates; any other word with an expansion (``$x``,
   ``~``) is an ``ARG``.
 * ``sudo`` (and its own options) is dropped; ``egrep``/``fgrep`` become ``grep -E``/``grep -F``;
-  the utility is reduced to its base name (``/usr/bin/find`` -> ``find``).
+  the utility is reduced to its base name (``/usr/bin/find`` -> ``find``). Any utility is
+  templated, not only those of a grammar (NL2Bash's parser fails on many; we do not copy that).
 * Flags keep their order. A single-dash multi-letter flag is split into letters (``-la`` ->
   ``-l -a``), except for ``find``; anything after the leading letters of such a cluster is an
   attached value and becomes ``ARG`` (``-n10`` -> ``-n ARG``, ``-k1,1`` -> ``-k ARG``).
@@ -49,8 +50,8 @@ Rules
   command become ``{}``: ``xargs -i cp {} /d`` and ``xargs -I % cp % /d`` are both
   ``xargs -I {} cp {} ARG``. An xargs without a replace string appends its input to the
   command instead (``xargs cp {} /d`` runs ``cp {} /d ITEM...``): a different command, so
-  nothing is added to its template. The nested command (default
-  ``echo``) is templated recursively.
+  nothing is added to its template. The nested command (default ``echo``) is templated
+  recursively.
 * Variable assignments become the token ``ASSIGN`` (followed by their substitutions).
 
 When bashlex cannot parse a command, :func:`template` returns ``None``. In
