@@ -9,7 +9,10 @@ data, and an interpreter that returns the set of highlighted cells of a table.
 Two surface formats occur in the data and both are accepted:
 
 * bare literals applied to the default column, e.g. ``TextContains(Non-pooled, en)``: for the
-  text functions the whole inner text, commas and spaces included, is one literal;
+  text functions the whole inner text, commas and inner spaces included, is one literal; the
+  whitespace around a bare literal is not part of it (``TextContains( FB)`` is
+  ``TextContains(FB)``: tokenizers produce such spaces), while a quoted literal keeps its
+  spaces (``TextContains(c[0], ' FB')``);
 * column references ``c[i]`` (0-based into the header row) with quoted strings, e.g.
   ``TextEquals(c[3], 'Worldwide')``, ``GreaterThan(LEN(c[0]), 6)``, ``LessThan(c[2], c[1])``.
 
@@ -254,10 +257,11 @@ class _Parser:
             raise self.lex.error(f"unknown function {name!r}")
         canon, kind = entry
         if kind == "text" and self._bare_text_follows():
-            # Bare-literal format: the whole inner text (commas, spaces) is one literal.
+            # Bare-literal format: the whole inner text (commas, inner spaces) is one literal;
+            # the whitespace around it is layout, not value (as for every other bare argument).
             raw = self.lex.balanced_raw()
             self.lex.expect(")")
-            return Pred(canon, None, (Text(raw),))
+            return Pred(canon, None, (Text(raw.strip()),))
         args = self.args(depth, textual=kind == "text")
         return _build(canon, kind, args, self.lex)
 

@@ -34,6 +34,9 @@ BENCHMARKS = {
     "python": "PythonBenchmarks.json",
 }
 SNIPPETS = {"cf": "ConditionalFormattingSnippets.txt", "bash": "BashSnippets.txt"}
+# In the data folder beside benchmarks/: the Bash test items NL2Bash's official evaluation can
+# score (see load_nl2bash_defined).
+NL2BASH_DEFINED = "nl2bash-official-defined.json"
 SPLITS = ("train", "test")
 DATA_ENV = "CODEFUSION_DATA"
 
@@ -162,6 +165,26 @@ def load_benchmark(
     if report.skipped:
         log.info("%s %s: %s", lang, split, report)
     return examples, report
+
+
+def load_nl2bash_defined(path: str | os.PathLike) -> frozenset[int | str]:
+    """IDs of the Bash test items whose gold command NL2Bash's official evaluation can template
+    and scores as matching itself (``{"ids": [...], ...}``, shipped in the data folder as
+    ``nl2bash-official-defined.json``). On the other items that evaluation scores no
+    prediction as correct, so under it a perfect model scores ``len(ids) / 2522``."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(
+            f"{p}: file not found (the list of Bash test items NL2Bash's evaluation can score "
+            f"ships in the data folder as {NL2BASH_DEFINED})"
+        )
+    doc = _read_json(p)
+    ids = doc.get("ids") if isinstance(doc, dict) else None
+    if not isinstance(ids, list) or not all(
+        isinstance(i, (int, str)) and not isinstance(i, bool) for i in ids
+    ):
+        raise DataError(f'{p}: expected an object with an "ids" list of test item IDs')
+    return frozenset(ids)
 
 
 def iter_snippet_file(path: Path) -> Iterator[str]:

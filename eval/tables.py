@@ -7,25 +7,36 @@ from pathlib import Path
 from typing import Any
 
 from codefusion.errors import UserError
-from eval.paper import PAPER_TOPK
+from eval.harness import nl2bash_beside_paper_note, nl2bash_metric
+from eval.paper import BESIDE_PAPER, PAPER_TOPK
+
+
+def result_dirs(dirs: list[Path], needs: str = "metrics.json") -> list[Path]:
+    """Result folders: each folder given that holds ``needs`` (and metrics.json), else its
+    subfolders that do (one level down)."""
+    found = []
+    for d in dirs:
+        subdirs = sorted(d.iterdir()) if d.is_dir() else []
+        here = [d] if _holds(d, needs) else [x for x in subdirs if _holds(x, needs)]
+        if not here:
+            raise UserError(f"{d}: no {needs} found")
+        found.extend(here)
+    return found
+
+
+def _holds(d: Path, needs: str) -> bool:
+    return (d / "metrics.json").is_file() and (d / needs).is_file()
 
 
 def load_results(dirs: list[Path]) -> list[dict[str, Any]]:
     """metrics.json of each result folder (a folder may also hold result folders one level down)."""
     found = []
-    for d in dirs:
-        files = (
-            [d / "metrics.json"]
-            if (d / "metrics.json").is_file()
-            else sorted(d.glob("*/metrics.json"))
-        )
-        if not files:
-            raise UserError(f"{d}: no metrics.json found")
-        for f in files:
-            try:
-                found.append(json.loads(f.read_text()))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{f}: malformed JSON ({e.msg})") from None
+    for d in result_dirs(dirs):
+        f = d / "metrics.json"
+        try:
+            found.append(json.loads(f.read_text()))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{f}: malformed JSON ({e.msg})") from None
     return found
 
 
@@ -35,6 +46,7 @@ def combined_markdown(results: list[dict[str, Any]]) -> str:
         "| benchmark | system | metric | top-1 | top-3 | top-5 | valid top-1 | unique@5 | distinct-4 | edit dist. |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    notes = []
     for b in ("python", "bash", "cf"):
         rows = [r for r in results if r["benchmark"] == b]
         for r in rows:
@@ -44,6 +56,14 @@ def combined_markdown(results: list[dict[str, Any]]) -> str:
                 f"| {fmt(r['valid_top1'])} | {d['unique@k']:.2f} | {d['distinct-4']:.2f} "
                 f"| {d['mean_pairwise_edit_distance']:.2f} |"
             )
+            nb = r.get("nl2bash_comparable") or {}
+            if "top1" in nb:
+                out.append(
+                    f"| {b} | {r['system']} (NL2Bash-comparable) | {nl2bash_metric(nb, r['n'])} "
+                    f"| {fmt(nb['top1'])} | {fmt(nb['top3'])} | {fmt(nb['top5'])} | | | | |"
+                )
+        if rows and BESIDE_PAPER.get(b) == "nl2bash_comparable":
+            notes.append(nl2bash_beside_paper_note(rows))
         if rows:
             paper = PAPER_TOPK[b]
             for name, p in paper.items():
@@ -52,7 +72,7 @@ def combined_markdown(results: list[dict[str, Any]]) -> str:
                         f"| {b} | {name} (paper, {p['tag']}) | {paper['metric']} | {fmt(p['top1'])} "
                         f"| {fmt(p['top3'])} | {fmt(p['top5'])} | | | | |"
                     )
-    return "\n".join(out) + "\n"
+    return "\n".join(out + [line for note in notes for line in ("", note)]) + "\n"
 
 
 def quality_diversity_plot(results: list[dict[str, Any]], path: Path) -> None:

@@ -134,7 +134,27 @@ def test_text_contains_bare_literal_is_the_whole_inner_text():
     assert parse("TextEquals(TRAFFIC SIGNALS (Multi-Way))") == Pred(
         "textequals", None, (Text("TRAFFIC SIGNALS (Multi-Way)"),)
     )
-    assert parse("TextContains(  )").args == (Text("  "),)
+    assert parse("TextContains(  )").args == (Text(""),)
+
+
+def test_whitespace_around_a_bare_literal_is_not_part_of_it():
+    data = [["Index", "Value"], [0, "FB page"], [1, "a FB"], [2, "FBI"], [3, "F B"]]
+    assert parse("TextContains( FB)") == parse("TextContains(FB)")
+    assert parse("TextEquals( Non-pooled, en  )").args == (Text("Non-pooled, en"),)
+    assert rows("TextContains( FB )", data) == rows("TextContains(FB)", data) == [1, 2, 3]
+    assert canonical("TextContains( FB)") == canonical("TextContains(FB)")
+    assert canonical("NOT(TextStartsWith( FB))") == canonical("NOT(TextStartsWith(FB))")
+    # inner spaces stay: "F B" is not "FB"
+    assert canonical("TextContains( F B)") != canonical("TextContains(FB)")
+    assert rows("TextContains( F B )", data) == [4]
+
+
+def test_a_quoted_literal_keeps_its_spaces():
+    data = [["Index", "Value"], [0, "FB page"], [1, "a FB"], [2, "FBI"]]
+    assert parse("TextContains(c[1], ' FB')").args == (Text(" FB"),)
+    assert canonical("TextContains(c[1], ' FB')") != canonical("TextContains(c[1], 'FB')")
+    assert rows("TextContains(c[1], ' FB')", data) == [2]
+    assert rows("TextContains(c[1], 'FB')", data) == [1, 2, 3]
 
 
 def test_text_contains_on_numbers_uses_their_text():
@@ -278,6 +298,8 @@ def test_execute_rejects_malformed_data():
         ("Between(610, 550)", "Between(550, 610)"),
         ("Between(c[2], 4000, 3000)", "between(c[2], 3000, 4000.000)"),
         ("TextContains(FB)", "TextContains('fb')"),
+        ("TextContains( FB)", "TextContains(FB)"),  # around a bare literal: layout
+        ("TextEquals(a )", "TextEquals('A')"),
         ("Not(Equals(c[2], 0))", "NOT(Equals(c[2], 0.0))"),
         ("GreaterThan(c[1],  37)", "GreaterThan( c[1] , 37 )"),
         ("GreaterThan(LEN(c[0]), 6)", "greaterthan(len(c[0]), 6e0)"),
@@ -305,7 +327,8 @@ def test_canonical_spelling():
         ("top(10)", "top(10%)"),
         ("TextEquals(2015)", "Equals(2015)"),
         ("GreaterThan(c[1], 5)", "GreaterThan(c[2], 5)"),
-        ("TextContains(a)", "TextContains(A )"),  # the bare literal keeps its spaces
+        ("TextContains(a b)", "TextContains(ab)"),  # inside a bare literal: part of it
+        ("TextContains('a')", "TextContains('A ')"),  # a quoted literal keeps its spaces
         ("NOT(Blanks())", "Blanks()"),
     ],
 )

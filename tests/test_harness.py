@@ -8,6 +8,7 @@ import random
 import pytest
 
 from codefusion.data import load_benchmark
+from codefusion.errors import UserError
 from codefusion.pipeline import Candidate
 from eval.harness import run_eval, score
 from eval.languages import SCORING
@@ -100,3 +101,141 @@ def test_diversity_of_identical_candidates_is_zero(fixture_data):
     assert (
         m["diversity"]["unique@k"] == 1.0 and m["diversity"]["mean_pairwise_edit_distance"] == 0.0
     )
+
+
+# --------------------------------------------------------------- NL2Bash-comparable figure
+
+
+def _bash_data_with_defined(root, ids):
+    """The fixture data folder (Bash test items 0-3) plus a list of NL2Bash-defined items."""
+    from conftest import write_fixture_data
+
+    write_fixture_data(root)
+    (root / "nl2bash-official-defined.json").write_text(json.dumps({"count": len(ids), "ids": ids}))
+    return root
+
+
+def test_nl2bash_comparable_counts_defined_items_over_all(tmp_path):
+    from eval.harness import find_nl2bash_subset
+
+    data = _bash_data_with_defined(tmp_path, [0, 2])
+    examples, _ = load_benchmark("bash", "test", data)
+    subset = find_nl2bash_subset(data)
+    records, m = score(SCORING["bash"], examples, _gold(examples), subset)
+    assert m["top1"] == 100.0
+    nb = m["nl2bash_comparable"]
+    assert nb["top1"] == nb["top5"] == nb["ceiling"] == 50.0 and nb["items"] == 2
+    assert [r["nl2bash_defined"] for r in records] == [True, False, True, False]
+    # a wrong answer on a defined item costs it there; on an undefined item only in ours
+    cands = [[Candidate("ls -l" if e.id in (0, 1) else e.code, 0.0)] for e in examples]
+    _, m = score(SCORING["bash"], examples, cands, subset)
+    assert m["top1"] == 50.0 and m["nl2bash_comparable"]["top1"] == 25.0
+
+
+def test_nl2bash_comparable_is_omitted_and_said_without_the_list(fixture_data, tmp_path):
+    from eval.harness import find_nl2bash_subset
+
+    examples, _ = load_benchmark("bash", "test", fixture_data)
+    subset = find_nl2bash_subset(fixture_data)
+    assert subset.ids is None and "nl2bash-official-defined.json" in subset.source
+    m = run_eval(
+        ListGenerator({e.prompt: [e.code] for e in examples}),
+        "bash",
+        examples,
+        tmp_path / "r",
+        system="oracle",
+        nl2bash=subset,
+        progress=False,
+    )
+    assert m["top1"] == 100.0 and "omitted" in m["nl2bash_comparable"]
+    table = (tmp_path / "r" / "table.md").read_text()
+    assert (
+        "NL2Bash-comparable figure omitted" in table and "(ours, NL2Bash-comparable)" not in table
+    )
+
+
+def test_nl2bash_list_asked_for_explicitly_must_exist(fixture_data, tmp_path, capsys):
+    from codefusion.data import DataError, load_nl2bash_defined
+    from eval.__main__ import main
+
+    with pytest.raises(DataError, match="file not found"):
+        load_nl2bash_defined(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text('{"ids": "all"}')
+    with pytest.raises(DataError, match='"ids" list'):
+        load_nl2bash_defined(tmp_path / "bad.json")
+    # the command answers in one line, before any model is loaded
+    argv = ["run", "--model", str(tmp_path / "no-model"), "--benchmark", "bash"]
+    argv += ["--data", str(fixture_data), "--nl2bash-defined", str(tmp_path / "missing.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "missing.json: file not found" in err
+    assert len(err.strip().splitlines()) == 1
+    argv = ["run", "--model", "x", "--benchmark", "cf", "--data", str(fixture_data)]
+    assert main([*argv, "--nl2bash-defined", str(tmp_path / "bad.json")]) == 2
+    assert "bash benchmark only" in capsys.readouterr().err
+
+
+def test_tables_name_the_figure_beside_the_paper(tmp_path):
+    from eval.harness import find_nl2bash_subset
+
+    data = _bash_data_with_defined(tmp_path / "data", [0, 1, 2])
+    examples, _ = load_benchmark("bash", "test", data)
+    gen = ListGenerator({e.prompt: [e.code] for e in examples})
+    run_eval(gen, "bash", examples, tmp_path / "r" / "a", system="A", progress=False,
+             nl2bash=find_nl2bash_subset(data))  # fmt: skip
+    run_eval(gen, "bash", examples, tmp_path / "r" / "b", system="B", progress=False)
+    table = (tmp_path / "r" / "a" / "table.md").read_text()
+    assert "| A (ours, NL2Bash-comparable) |" in table and "ceiling 75.0" in table
+    assert "paper's Bash numbers stand beside the NL2Bash-comparable figure" in table
+    md = combined_markdown(load_results([tmp_path / "r"]))
+    assert "| bash | A (NL2Bash-comparable) |" in md and "| 75.0 | 75.0 | 75.0 |" in md
+    assert "| bash | B (NL2Bash-comparable) |" not in md
+    assert "stand beside the NL2Bash-comparable figure" in md and "omitted for B" in md
+
+
+def test_real_gold_nl2bash_comparable_is_79_1(real_data_dir):
+    from eval.harness import find_nl2bash_subset
+
+    subset = find_nl2bash_subset(real_data_dir)
+    if subset.ids is None:
+        pytest.skip(subset.source)
+    examples, _ = load_benchmark("bash", "test", real_data_dir)
+    _, m = score(SCORING["bash"], examples, _gold(examples), subset)
+    nb = m["nl2bash_comparable"]
+    assert m["top1"] == 100.0 and nb["items"] == 1996 and len(examples) == 2522
+    assert nb["top1"] == nb["top5"] == pytest.approx(100 * 1996 / 2522)
+    assert f"{nb['top1']:.1f}" == "79.1"
+
+
+# --------------------------------------------------------------------------- rescore
+
+
+def test_rescore_rewrites_verdicts_and_keeps_the_run(fixture_data, tmp_path, capsys):
+    from eval.__main__ import main
+    from eval.harness import rescore
+
+    examples, _ = load_benchmark("cf", "test", fixture_data)
+    answers = {e.prompt: ["Blanks()", e.code] for e in examples}
+    out = tmp_path / "runs" / "r"
+    run_eval(ListGenerator(answers), "cf", examples, out, system="oracle", progress=False)
+    files = {f: (out / f).read_text() for f in ("predictions.jsonl", "metrics.json", "table.md")}
+    # stale verdicts, as a metric change would leave them
+    stale = json.loads(files["metrics.json"])
+    stale.update(top1=0.0, top5=0.0)
+    (out / "metrics.json").write_text(json.dumps(stale))
+    lines = [json.loads(x) for x in files["predictions.jsonl"].splitlines()]
+    (out / "predictions.jsonl").write_text(
+        "".join(json.dumps(dict(r, correct=[False, False])) + "\n" for r in lines)
+    )
+    m = rescore(out, examples)
+    assert m["top5"] == 100.0 and m["system"] == "oracle"
+    assert {f: (out / f).read_text() for f in files} == files
+    # the command, on the parent folder; a mismatching data folder is a one-line error
+    assert main(["rescore", str(tmp_path / "runs"), "--data", str(fixture_data)]) == 0
+    assert "top-5 100.0" in capsys.readouterr().out
+    assert {f: (out / f).read_text() for f in files} == files
+    bash_examples, _ = load_benchmark("bash", "test", fixture_data)
+    with pytest.raises(UserError, match="data the predictions were made on"):
+        rescore(out, bash_examples)
+    assert main(["rescore", str(tmp_path / "nothing"), "--data", str(fixture_data)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

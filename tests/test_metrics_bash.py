@@ -93,7 +93,15 @@ def test_signed_numbers_keep_the_sign() -> None:
     assert not same("find . -mtime -14", "find . -mtime +14")
     assert not same("find . -mtime -14", "find . -mtime 14")
     assert template("head -5 f") == "head -ARG ARG"
-    assert template("xargs -0 rm") == "xargs -0 -I {} rm {}"  # -0 is a flag
+    assert template("xargs -0 rm") == "xargs -0 rm"  # -0 is a flag
+
+
+def test_quoted_signed_number_keeps_its_sign() -> None:
+    # NL2Bash's parser drops the sign of a quoted number; we do not copy that quirk.
+    assert template("find . -mtime '-7'") == "find ARG -mtime -ARG"
+    assert same("find . -mtime '-7'", "find /x -mtime -3")
+    assert not same("find . -mtime '-7'", "find . -mtime 7")
+    assert not same('find . -size "+10M"', "find . -size 10M")
 
 
 def test_braces_semicolon_and_plus_are_kept() -> None:
@@ -107,6 +115,106 @@ def test_value_after_find_type_is_kept() -> None:
     assert template("find . -type f") == "find ARG -type f"
     assert not same("find . -type f", "find . -type d")
     assert same("find /a -type d", "find /b -type 'd'")
+
+
+# --------------------------------------------------------------------------- old-style bundles
+
+
+def test_tar_old_style_bundle_expands_into_flags() -> None:
+    assert template("tar xvf a.tar") == "tar -x -v -f ARG"
+    assert same("tar xvf a.tar", "tar -x -v -f b.tar")
+    assert same("tar xvf a.tar", "tar -xvf b.tar")
+    assert not same("tar xvf a.tar", "tar czf a.tar")  # extract is not create
+    assert not same("tar xvf a.tar", "tar xf a.tar")
+
+
+def test_old_style_values_follow_their_letters() -> None:
+    # old style takes the values of f and b from the next words, in the letters' order
+    assert template("tar cvfb a.tar 20 dir") == "tar -c -v -f ARG -b ARG ARG"
+    assert same("tar cvfb a.tar 20 dir", "tar -c -v -f b.tar -b 10 src")
+    assert not same("tar cvfb a.tar 20 dir", "tar -c -v -f -b b.tar 10 src")
+
+
+def test_ps_bsd_bundle_expands_into_flags() -> None:
+    assert template("ps aux") == "ps -a -u -x"
+    assert same("ps aux | grep x", "ps -a -u -x | grep y")
+    assert same("ps aux", "ps -aux")
+    assert not same("ps aux", "ps ax")
+    assert template("ps axo pid,cmd") == "ps -a -x -o pid,cmd"  # o takes the next word
+
+
+def test_only_a_bare_letter_cluster_is_a_bundle() -> None:
+    assert template("tar 'xvf' a.tar") == "tar ARG ARG"  # quoted: an operand, as for flags
+    assert template("tar {} x") == "tar {} ARG"
+    assert template("ps 123") == "ps ARG"
+    assert same("ls aux", "ls b")  # only tar, ps, ar and jar take bundles
+
+
+# --------------------------------------------------------------------------- kept values
+
+
+def test_find_format_and_type_values_are_kept() -> None:
+    assert template("find . -printf '%p\\n'") == "find ARG -printf '%p\\n'"
+    assert same("find . -printf '%p\\n'", 'find /x -printf "%p\\n"')  # bash reads both alike
+    assert not same("find . -printf '%p\\n'", "find . -printf '%s\\n'")
+    assert template("find . -fprintf out.txt '%s %p'") == "find ARG -fprintf ARG '%s %p'"
+    assert same("find . -fprintf a '%s'", "find . -fprintf b %s")
+    assert not same("find . -fprintf a '%s'", "find . -fprintf a '%p'")
+    assert same("find / -fstype nfs", "find /x -fstype 'nfs'")
+    assert not same("find / -fstype nfs", "find / -fstype ext4")
+    assert same(
+        "find . -regextype posix-extended -regex x", "find . -regextype posix-extended -regex y"
+    )
+    assert not same("find . -regextype posix-extended -regex x", "find . -regextype emacs -regex x")
+
+
+def test_date_format_is_kept() -> None:
+    assert template("date +%Y-%m-%d") == "date +%Y-%m-%d"
+    assert same("date +%s", 'date "+%s"')
+    assert not same("date +%s", "date +%Y")
+    assert same("date -d yesterday +%s", "date -d tomorrow +%s")  # the date itself is open
+
+
+def test_stat_format_is_kept() -> None:
+    assert template("stat -c %s f") == "stat -c %s ARG"
+    assert same("stat -c %s f", "stat -c%s g")
+    assert same("stat -c %s f", "stat -c '%s' g")
+    assert not same("stat -c %s f", "stat -c %y f")
+    assert same("stat --format=%s f", "stat --format %s g")
+    assert not same("stat --format=%s f", "stat --format=%n f")
+
+
+def test_choice_words_of_long_options_are_kept() -> None:
+    assert template("ls --sort=size") == "ls --sort size"
+    assert same("ls --sort=size", "ls --sort size")
+    assert not same("ls --sort=size", "ls --sort=time")
+    # --color takes a value only when attached: `ls --color dir` lists dir
+    assert template("ls --color dir") == "ls --color ARG"
+    assert not same("ls --color=always", "ls --color=never")
+    assert same("ps -eo pid,comm", "ps -e -o pid,comm")
+    assert not same("ps -eo pid,comm", "ps -eo pid,rss")
+
+
+def test_value_with_an_expansion_is_open() -> None:
+    assert template('find . -printf "$fmt"') == "find ARG -printf ARG"
+    assert same('stat -c "$f" x', 'stat -c "$g" y')
+
+
+def test_every_kept_value_option_says_why() -> None:
+    from eval.metrics.bash import _KEPT_VALUES, _OLD_STYLE_BUNDLES
+
+    for utility, options in _KEPT_VALUES.items():
+        for option, spec in options.items():
+            assert spec.why.strip(), (utility, option)
+            assert option == "+" or option.startswith("-"), (utility, option)
+    assert {"tar", "ps"} <= set(_OLD_STYLE_BUNDLES)
+
+
+def test_utilities_outside_nl2bash_grammar_still_template() -> None:
+    # NL2Bash's parser fails on utilities its grammar lacks; ours templates any utility.
+    assert template("jq -r .name f.json") == "jq -r ARG ARG"
+    assert same("jq -r .name f.json", "jq -r .id g.json")
+    assert not same("jq -r .name f.json", "jq .name f.json")
 
 
 # --------------------------------------------------------------------------- find / xargs
@@ -138,15 +246,25 @@ def test_find_exec_holds_a_nested_command() -> None:
     assert not same("find . -exec rm {} \\;", "find . -exec rm -f {} \\;")
 
 
-def test_xargs_is_normalised_to_replace_braces() -> None:
-    assert template("xargs rm") == "xargs -I {} rm {}"
-    assert same("ls | xargs rm", "ls | xargs -I {} rm {}")
-    assert same("ls | xargs -I % rm %", "ls | xargs rm")
-    assert same("ls | xargs -i rm {}", "ls | xargs rm")
+def test_xargs_replace_string_is_normalised_to_braces() -> None:
     assert template("xargs -I {} mv {} /dst") == "xargs -I {} mv {} ARG"
+    assert same("ls | xargs -I % rm %", "ls | xargs -I {} rm {}")
+    assert same("ls | xargs -i rm {}", "ls | xargs -I {} rm {}")  # -i means -I {}
+    assert same("xargs -i cp {} /d", "xargs --replace cp {} /e")
+    assert same("xargs -iX cp X /d", "xargs -IX cp X /e")
+    assert template("xargs -0 -n 1 -I f grep -l x f") == "xargs -0 -n ARG -I {} grep -l ARG {}"
+    assert not same("xargs -i cp {} /d", "xargs -i cp /d {}")
+
+
+def test_xargs_without_a_replace_string_is_another_command() -> None:
+    # without -i/-I xargs appends the input: `xargs cp {} /d` runs `cp {} /d ITEM...`
+    assert template("xargs cp {} /d") == "xargs cp {} ARG"
+    assert not same("xargs cp {} /d", "xargs -i cp {} /d")
+    assert not same("ls | xargs rm", "ls | xargs -I {} rm {}")
+    assert same("ls a | xargs rm", "ls b | xargs rm")
     assert same("xargs -n 1 echo", "xargs -n1 echo")
-    assert template("xargs -0 -n 1 grep -l x") == "xargs -0 -n ARG -I {} grep -l ARG {}"
-    assert template("xargs") == "xargs -I {} echo {}"
+    assert template("xargs -0 -n 1 grep -l x") == "xargs -0 -n ARG grep -l ARG"
+    assert template("xargs") == "xargs echo"
 
 
 # --------------------------------------------------------------------------- structure
