@@ -48,16 +48,20 @@ finetune: {stage(FINETUNE)}
     return p
 
 
-def _start(cfg: Path, probe: Path, **popen) -> subprocess.Popen:
+def _start(cfg: Path, probe: Path, *sets: str, nan: str = "", **popen) -> subprocess.Popen:
     """The issue's command line, through the probe; its own session, so that killing the
     process group kills every rank (Lightning's launcher starts rank 1 as a child)."""
     env = _env()
     for var in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
         env.pop(var, None)  # a clean launch: rank zero starts the others itself
     env["CODEFUSION_PROBE"] = str(probe)
+    if nan:
+        env["CODEFUSION_PROBE_NAN"] = nan
     cmd = [sys.executable, str(REPO / "tests" / "ddp_probe.py"), "--config", str(cfg)]
     cmd += ["--no-progress", "--set", "strategy=ddp", "--set", f"devices={WORLD}"]
     cmd += ["--set", "accelerator=cpu"]
+    for item in sets:
+        cmd += ["--set", item]
     return subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, **popen)
 
 
@@ -69,8 +73,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _finish(cfg: Path, probe: Path) -> subprocess.CompletedProcess:
-    proc = _start(cfg, probe, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _finish(cfg: Path, probe: Path, *sets: str, nan: str = "") -> subprocess.CompletedProcess:
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start(cfg, probe, *sets, nan=nan, **pipes)
     try:
         out, err = proc.communicate(timeout=300)
     finally:
@@ -171,6 +176,12 @@ def test_two_process_run_shards_every_epoch_and_exports_a_model_that_generates(d
         for r, recs in ddp_run.probe.items()
     }
     assert starts == {r: [weights_digest(pre.state_dict())] for r in range(WORLD)}
+    for stage in ("pretrain", "finetune"):  # and all ranks end each stage alike
+        ends = [
+            [x["weights"] for x in recs if x["event"] == "end" and x["stage"] == stage]
+            for recs in ddp_run.probe.values()
+        ]
+        assert len(ends[0]) == 1 and ends[0] == ends[1]
 
     cf = CodeFusion.from_pretrained(run / "model")
     assert len(cf.generate("cells greater than 5", k=2, steps=4)) >= 1
@@ -245,3 +256,24 @@ def test_two_process_run_killed_mid_stage_resumes_to_the_same_weights(ddp_run):
     assert ta.keys() == tb.keys() and len(ta) > 100
     assert [k for k in ta if not torch.equal(ta[k], tb[k])] == []
     assert ca["lr_schedulers"] == cb["lr_schedulers"]
+
+
+def test_a_nan_on_one_rank_is_skipped_on_every_rank(ddp_run):
+    """on_nan=skip under DDP: the verdict is global, every rank skips the same step (a rank
+    stepping alone would leave the others waiting in the gradient all-reduce)."""
+    root = ddp_run.root
+    cfg = _config(root, "nan")
+    sets = ("pretrain=null", "finetune.max_steps=4", "finetune.on_nan=skip")
+    res = _finish(cfg, root / "probe-nan", *sets, nan="1:2")  # rank 1's second batch
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stderr.count("non-finite loss at step 1: step skipped (1 so far)") == 1
+    ends = [
+        [x["weights"] for x in recs if x["event"] == "end"]
+        for recs in _probe(root / "probe-nan").values()
+    ]
+    assert len(ends[0]) == 1 and ends[0] == ends[1]
+    ckpt = torch.load(root / "runs/nan/finetune/checkpoints/last.ckpt", weights_only=True)
+    adam_steps = {float(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()}
+    assert ckpt["global_step"] == 4 and adam_steps == {3.0}  # one step skipped, as on one process
+    weights = _tensors({k: ckpt[k] for k in ("state_dict", "optimizer_states")})
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())

@@ -115,7 +115,13 @@ class CodeFusionModule(L.LightningModule):
                     self.skipped_nonfinite,
                 )
                 self.log("train/skipped_nonfinite", float(self.skipped_nonfinite))
-                return None  # Lightning skips the optimizer step
+                if self.trainer.world_size == 1:
+                    return None  # no backward: AdamW leaves parameters without gradients alone
+                # Lightning refuses None from a DDP training_step, and every rank has to join
+                # the backward's all-reduce: back-propagate a throwaway loss, then drop its
+                # gradients before the step (on_before_optimizer_step), as on one process.
+                self._drop_grads = True
+                return loss * 0
             raise NonFiniteLossError(
                 f"non-finite loss ({stats['loss'].item()}) at step {step}; stopping (on_nan=stop)"
             )
@@ -127,6 +133,11 @@ class CodeFusionModule(L.LightningModule):
         )
         self.log("loss", stats["loss"], prog_bar=True, logger=False)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if getattr(self, "_drop_grads", False):
+            self._drop_grads = False
+            optimizer.zero_grad(set_to_none=True)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         # A fixed generator per batch: the validation loss is comparable across evaluations.
