@@ -277,3 +277,62 @@ def test_a_nan_on_one_rank_is_skipped_on_every_rank(ddp_run):
     assert ckpt["global_step"] == 4 and adam_steps == {3.0}  # one step skipped, as on one process
     weights = _tensors({k: ckpt[k] for k in ("state_dict", "optimizer_states")})
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+def test_rank_zero_before_the_process_group_comes_from_the_launchers_environment(monkeypatch):
+    from train.dist import is_rank_zero
+
+    for var in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert is_rank_zero()  # one process
+    cases = [
+        ({"RANK": "0", "LOCAL_RANK": "0"}, True),  # torchrun
+        ({"RANK": "3", "LOCAL_RANK": "1"}, False),
+        ({"SLURM_PROCID": "2"}, False),
+        ({"LOCAL_RANK": "1"}, False),  # a process Lightning's launcher started
+        ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, False),  # another machine's first process
+    ]
+    for env, zero in cases:
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            assert is_rank_zero() is zero, env
+
+
+def test_other_ranks_wait_for_the_tokenizer_rank_zero_writes(
+    tmp_path, monkeypatch, tiny_tokenizer, fixture_data
+):
+    import threading
+
+    from train.config import RunConfig, RunConfigError, TokenizerConfig
+    from train.dist import wait_until
+    from train.run import ensure_tokenizer
+
+    path = tmp_path / "tok"
+    cfg = RunConfig(tokenizer=TokenizerConfig(path=str(path)), data_dir=str(tmp_path / "none"))
+    monkeypatch.setenv("RANK", "1")  # not rank zero: it waits instead of training one
+
+    def rank_zero_writes():  # as ensure_tokenizer does on rank zero: whole, then renamed
+        time.sleep(0.5)
+        tiny_tokenizer.save_pretrained(tmp_path / ".tok.tmp")
+        os.replace(tmp_path / ".tok.tmp", path)
+
+    writer = threading.Thread(target=rank_zero_writes)
+    writer.start()
+    try:
+        tok = ensure_tokenizer(cfg)
+    finally:
+        writer.join()
+    assert len(tok) == len(tiny_tokenizer)
+    with pytest.raises(RunConfigError, match="share the filesystem"):
+        wait_until(lambda: False, "the tokenizer", timeout_s=0.2)
+
+    # Rank zero trains it into a temporary folder renamed into place (an empty one is fine).
+    monkeypatch.delenv("RANK")
+    (tmp_path / "tok2").mkdir()
+    cfg = RunConfig(
+        tokenizer=TokenizerConfig(path=str(tmp_path / "tok2"), vocab_size=300, languages=["cf"]),
+        data_dir=str(fixture_data),
+    )
+    assert len(ensure_tokenizer(cfg)) == len(ensure_tokenizer(cfg))  # trained, then loaded
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok", "tok2"]  # no temporary left

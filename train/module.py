@@ -144,9 +144,10 @@ class CodeFusionModule(L.LightningModule):
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(1234 + batch_idx)
             out = self.objective(self.model, batch)
-        # Every rank validates its own shard of the held-out rows (train/data.py): sync_dist
-        # makes the logged value the mean over all of them, one reduction per validation run
-        # (a no-op on one process).
+        # Every rank validates its own shard of the held-out rows (train/data.py) rather than
+        # rank zero alone: the forward goes through the DDP wrapper, which all ranks must enter
+        # alike, and the work is split. sync_dist makes the logged value the mean over all the
+        # shards, one reduction per validation run (a no-op on one process).
         bs = batch.code_ids.shape[0]
         self.log_dict(
             {f"val/{k}": v for k, v in out.items()}, prog_bar=False, batch_size=bs, sync_dist=True

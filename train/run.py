@@ -3,6 +3,8 @@
 <out_dir>/<name>/pretrain/{checkpoints/, logs/, model/}
 <out_dir>/<name>/finetune/{checkpoints/, logs/, model/}    (starts from pretrain/model)
 <out_dir>/<name>/model -> the last stage's export, what `codefusion generate` loads
+
+Under DDP every rank runs all of this; rank zero writes and the others wait (train/dist.py).
 """
 
 from __future__ import annotations
@@ -200,6 +202,8 @@ def run_stage(
         **({} if ar else {"pad_weight": st.pad_weight}),
     )
     last = stage_dir / "checkpoints" / "last.ckpt"
+    # Every rank decides alone and all decide alike: nothing writes a checkpoint of this stage
+    # before every rank has joined the fit (rank zero waits for the others in DDP's setup).
     ckpt_path = str(last) if resume and last.is_file() else None
     if ckpt_path:
         log.info("resuming %s from %s", stage, last)
