@@ -165,8 +165,8 @@ class CodeFusionObjective:
         x_t = sched.q_sample(x0, t, eps)
 
         x0_prev = None
-        # A host-side coin (Python's RNG, saved in checkpoints): no device sync, and every DDP
-        # rank (seeded alike) takes the same branch.
+        # A host-side coin (Python's RNG, saved in checkpoints): no device sync. Under DDP the
+        # ranks may differ; every parameter of N gets a gradient either way.
         if cfg.self_condition and random.random() < self.self_cond_prob:
             with torch.no_grad():
                 x0_prev = self.predict_x0(model, x_t, t, kv_n, cross_mask).detach()

@@ -38,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     args = p.parse_args(argv)
+    from train.dist import RankZeroFilter, is_rank_zero
+
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RankZeroFilter())  # under DDP every rank runs this: say things once
     for name in ("codefusion", "train"):  # Lightning logs through its own handler
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, NonFiniteLossError) as e:  # NaN/inf loss with on_nan=stop: names the step
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"model exported to {final}")
+    if is_rank_zero():
+        print(f"model exported to {final}")
     return 0
 
 

@@ -120,7 +120,8 @@ class RunConfig:
     finetune: StageConfig | None = field(default_factory=StageConfig)
     # Trainer: "auto" picks the GPU when present; precision "auto" = bf16-mixed on GPU, fp32 on CPU.
     accelerator: str = "auto"
-    devices: Any = "auto"
+    devices: Any = "auto"  # per machine
+    num_nodes: int = 1  # machines; the run has devices x num_nodes processes under DDP
     strategy: str = "auto"  # e.g. "ddp" for several GPUs (Lightning's own strategies)
     precision: str = "auto"
     compile: bool = False  # torch.compile the model (pays on GPU for long runs)
@@ -178,4 +179,6 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
     cfg = _build(RunConfig, raw, str(path or "config"))
     if cfg.language not in ("cf", "bash", "python"):
         raise RunConfigError(f"language must be cf, bash or python, not {cfg.language!r}")
+    if isinstance(cfg.num_nodes, bool) or not isinstance(cfg.num_nodes, int) or cfg.num_nodes < 1:
+        raise RunConfigError(f"num_nodes must be a positive whole number, not {cfg.num_nodes!r}")
     return cfg

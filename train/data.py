@@ -17,12 +17,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from codefusion.data import Example, load_benchmark, load_snippets
 from codefusion.diffusion import Batch
 from codefusion.masking import mask_code
 from codefusion.tokenizer import CodeTokenizer
+from train.config import RunConfigError
 from train.resume import ResumableSampler
 
 log = logging.getLogger(__name__)
@@ -220,10 +221,28 @@ class CodeFusionDataModule(L.LightningDataModule):
         """Called by the LightningModule when a training batch starts (``batch_idx + 1``)."""
         self.epoch, self.batches_done = epoch, batches_done
 
+    def _ranks(self) -> tuple[int, int]:
+        """(this process's rank, number of processes); (0, 1) outside a distributed run."""
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_done": self.batches_done}
+        # batches_done counts the batches of one rank: the position means something only for
+        # the same number of processes, so it goes with it.
+        return {
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
+            "world_size": self._ranks()[1],
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        saved, world = int(state.get("world_size", 1)), self._ranks()[1]
+        if saved != world:
+            raise RunConfigError(
+                f"cannot resume: the checkpoint was written by {saved} process(es) and this run "
+                f"has {world}; resume with devices x num_nodes = {saved}, or pass --fresh"
+            )
         self.set_epoch(int(state.get("epoch", 0)))
         self.batches_done = int(state.get("batches_done", 0))
 
@@ -231,18 +250,35 @@ class CodeFusionDataModule(L.LightningDataModule):
         # Our own generators everywhere: creating a loader's iterator must not draw from the
         # global torch RNG (its state is part of the checkpoint; see train/resume.py).
         gen = torch.Generator().manual_seed(self.seed)
-        sampler, drop_last = None, shuffle and len(ds) >= self.batch_size
+        rank, world = self._ranks()
+        sampler: Sampler | None = None
+        drop_last = False
         if shuffle:
-            world = getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
-            per_rank = -(-len(ds) // world)
+            # Each rank reads its own shard of the epoch (the Trainer has
+            # use_distributed_sampler=False: Lightning's wrapper would reshuffle our order and
+            # lose the position on resume).
+            try:
+                sampler = ResumableSampler(
+                    len(ds), self.seed, epoch=self.epoch, rank=rank, world_size=world
+                )
+            except ValueError as e:
+                raise RunConfigError(f"{self.stage} training set: {e}") from None
+            per_rank = len(sampler)
+            drop_last = per_rank >= self.batch_size
             n_batches = (
                 per_rank // self.batch_size if drop_last else -(-per_rank // self.batch_size)
             )
             if 0 < n_batches <= self.batches_done:  # a checkpoint at the end of an epoch
                 self.set_position(self.epoch + 1, 0)
                 self.set_epoch(self.epoch)
-            skip = self.batches_done * self.batch_size * world  # resume inside the epoch
-            sampler = ResumableSampler(len(ds), self.seed, epoch=self.epoch, skip=skip)
+            sampler.set_epoch(self.epoch)
+            # Resume inside the epoch: the examples all ranks together had trained on.
+            sampler.skip = self.batches_done * self.batch_size * world
+        elif world > 1:
+            # Validation is sharded too (every rank runs it, as the DDP-wrapped forward
+            # requires); the module syncs its metrics. DistributedSampler pads the shards to
+            # equal lengths with a few repeated rows, which are then counted twice.
+            sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
         return DataLoader(
             ds,
             batch_size=self.batch_size,

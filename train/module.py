@@ -16,7 +16,7 @@ from codefusion.diagnostics import model_diagnostics
 from codefusion.diffusion import Batch, CodeFusionObjective
 from codefusion.model import CodeFusionModel
 from codefusion.schedule import SqrtSchedule
-from train.resume import capture_rng_state, restore_rng_state
+from train.resume import capture_rng_state, restore_rng_state, seed_rank
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,27 @@ class CodeFusionModule(L.LightningModule):
         if dm is not None and hasattr(dm, "set_position"):
             dm.set_position(self.current_epoch, batch_idx + 1)
 
+    def setup(self, stage: str) -> None:
+        # Lightning has just seeded every rank alike (DDP's setup re-seeds with the run's seed);
+        # each rank then draws its own diffusion steps and noise. A resumed run restores each
+        # rank's own state after this (on_load_checkpoint).
+        if self.trainer.world_size > 1:
+            seed_rank(torch.initial_seed(), self.global_rank)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = capture_rng_state()
+        if self.trainer.world_size > 1:
+            # Every rank runs this hook (only rank zero writes the file): gather every rank's
+            # RNG state so that each resumes its own stream.
+            states: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(states, checkpoint["rng_states"])
+            checkpoint["rng_states_per_rank"] = states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "rng_states" in checkpoint:
+        per_rank = checkpoint.get("rng_states_per_rank")
+        if per_rank is not None and len(per_rank) == self.trainer.world_size:
+            restore_rng_state(per_rank[self.global_rank])
+        elif "rng_states" in checkpoint:
             restore_rng_state(checkpoint["rng_states"])
         # EMAWeightAveraging keeps the average in "state_dict", the raw weights beside it, and
         # copies the average into the model at on_train_end, which Lightning skips when the
@@ -88,7 +104,16 @@ class CodeFusionModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         out = self.objective(self.model, batch)
         loss = out["loss"]
-        if not torch.isfinite(loss):
+        terms = torch.stack([v.detach().float() for v in out.values()])
+        if self.trainer.world_size > 1:
+            # One all-reduce of a few scalars per step (small beside the gradients' own) gives
+            # the logs the terms of the global batch, the one the optimizer steps on, and every
+            # rank the same verdict on a non-finite loss: a NaN anywhere makes the mean NaN
+            # everywhere. A rank that skipped or stopped alone would leave the others waiting in
+            # DDP's gradient all-reduce.
+            terms = self.trainer.strategy.reduce(terms, reduce_op="mean")
+        stats = dict(zip(out, terms, strict=True))
+        if not torch.isfinite(stats["loss"]):
             step = self.global_step
             if self.on_nan == "skip":
                 self.skipped_nonfinite += 1
@@ -98,17 +123,29 @@ class CodeFusionModule(L.LightningModule):
                     self.skipped_nonfinite,
                 )
                 self.log("train/skipped_nonfinite", float(self.skipped_nonfinite))
-                return None  # Lightning skips the optimizer step
+                if self.trainer.world_size == 1:
+                    return None  # no backward: AdamW leaves parameters without gradients alone
+                # Lightning refuses None from a DDP training_step, and every rank has to join
+                # the backward's all-reduce: back-propagate a throwaway loss, then drop its
+                # gradients before the step (on_before_optimizer_step), as on one process.
+                self._drop_grads = True
+                return loss * 0
             raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at step {step}; stopping (on_nan=stop)"
+                f"non-finite loss ({stats['loss'].item()}) at step {step}; stopping (on_nan=stop)"
             )
+        # Already global (see above): logged by rank zero without a further sync.
         self.log_dict(
-            {f"train/{k}": v for k, v in out.items()},
+            {f"train/{k}": v for k, v in stats.items()},
             prog_bar=False,
             batch_size=batch.code_ids.shape[0],
         )
-        self.log("loss", loss, prog_bar=True, logger=False)
+        self.log("loss", stats["loss"], prog_bar=True, logger=False)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if getattr(self, "_drop_grads", False):
+            self._drop_grads = False
+            optimizer.zero_grad(set_to_none=True)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         # A fixed generator per batch: the validation loss is comparable across evaluations;
@@ -119,18 +156,19 @@ class CodeFusionModule(L.LightningModule):
             random.seed(1234 + batch_idx)
             out = self.objective(self.model, batch)
         random.setstate(py_state)
+        # Every rank validates its own shard of the held-out rows (train/data.py) rather than
+        # rank zero alone: the forward goes through the DDP wrapper, which all ranks must enter
+        # alike, and the work is split. sync_dist makes the logged value the mean over all the
+        # shards, one reduction per validation run (a no-op on one process).
+        bs = batch.code_ids.shape[0]
         self.log_dict(
-            {f"val/{k}": v for k, v in out.items()},
-            prog_bar=False,
-            batch_size=batch.code_ids.shape[0],
+            {f"val/{k}": v for k, v in out.items()}, prog_bar=False, batch_size=bs, sync_dist=True
         )
-        self.log("val_loss", out["loss"], prog_bar=True, batch_size=batch.code_ids.shape[0])
+        self.log("val_loss", out["loss"], prog_bar=True, batch_size=bs, sync_dist=True)
         if self.diagnostics and isinstance(self.model, CodeFusionModel):
             gen = torch.Generator(device=self.device).manual_seed(4321 + batch_idx)
             diag = model_diagnostics(self.model, self.schedule, batch, generator=gen)
-            self.log_dict(
-                {f"val/{k}": v for k, v in diag.items()}, batch_size=batch.code_ids.shape[0]
-            )
+            self.log_dict({f"val/{k}": v for k, v in diag.items()}, batch_size=bs, sync_dist=True)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: L at ``embedding_lr_mult`` times the learning rate, the rest at it."""

@@ -7,10 +7,11 @@ DataLoader. The pieces here fill those gaps through public hooks only:
 * :class:`ResumableSampler`: the order of an epoch is a function of ``(seed, epoch)``; after a
   restore it skips the indices already consumed in that epoch. Its length stays the full epoch,
   so Lightning's batch counters (restored from the checkpoint) end the epoch at the right batch.
-  The DataModule carries ``(epoch, batches consumed)`` in its ``state_dict``.
+  Under DDP every rank reads its own shard of that order. The DataModule carries ``(epoch,
+  batches consumed, world size)`` in its ``state_dict``.
 * :func:`capture_rng_state` / :func:`restore_rng_state`: torch (CPU and CUDA), Python ``random``
   and NumPy, stored as tensors and plain Python values only, so that checkpoints load with
-  ``torch.load(weights_only=True)``.
+  ``torch.load(weights_only=True)``. :func:`seed_rank` gives each DDP rank its own stream.
 * :class:`AtomicCheckpointIO`: writes to a temporary file in the same folder, fsyncs it, then
   ``os.replace``s it over the target (and fsyncs the folder): a kill during a save leaves the
   previous file intact. Loads always use ``weights_only=True``; an unreadable file is a
@@ -48,34 +49,83 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class ResumableSampler(Sampler[int]):
-    """Indices ``0..n-1``, shuffled per epoch as a function of ``(seed, epoch)`` only.
+    """Indices ``0..n-1``, shuffled per epoch as a function of ``(seed, epoch)`` only, and
+    sharded by rank.
 
-    ``skip`` indices at the start of the epoch's order are left out of the *next* pass (those a
-    killed run had already trained on); later passes are whole again. ``len()`` is always ``n``:
-    Lightning counts the batches of a resumed epoch from its restored progress, not from zero.
+    Every rank computes the same order of the epoch and takes positions ``rank, rank + world,
+    rank + 2 world, ...`` of it. Strided rather than contiguous shards: the first ``k`` indices
+    of all ranks together are the first ``k * world`` of the order, so a global batch is one
+    slice of it and one process (``world_size=1``) reads the order itself. Shards have equal
+    lengths, ``n // world``: DDP needs the same number of batches on every rank, so the last
+    ``n % world`` indices of each epoch's order (others every epoch) are left out of it.
+
+    ``skip`` counts the examples of the epoch all ranks together had already trained on (a
+    killed run's; a multiple of ``world_size``): each rank leaves the first ``skip //
+    world_size`` of its shard out of the *next* pass; later passes are whole again. ``len()`` is
+    always the whole shard: Lightning counts the batches of a resumed epoch from its restored
+    progress, not from zero.
     """
 
     def __init__(
-        self, n: int, seed: int, shuffle: bool = True, epoch: int = 0, skip: int = 0
+        self,
+        n: int,
+        seed: int,
+        shuffle: bool = True,
+        epoch: int = 0,
+        skip: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of {world_size} processes")
+        if n < world_size:
+            raise ValueError(f"{n} examples cannot be shared among {world_size} processes")
         self.n, self.seed, self.shuffle = n, seed, shuffle
         self.epoch, self.skip = epoch, max(0, skip)
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this before each epoch
         self.epoch = epoch
 
     def order(self, epoch: int) -> list[int]:
+        """The whole epoch's order, the same on every rank."""
         if not self.shuffle:
             return list(range(self.n))
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         return torch.randperm(self.n, generator=gen).tolist()
 
+    def shard(self, epoch: int) -> list[int]:
+        """This rank's part of the epoch's order."""
+        order = self.order(epoch)
+        return order[self.rank : len(self) * self.world_size : self.world_size]
+
     def __iter__(self) -> Iterator[int]:
-        skip, self.skip = self.skip, 0
-        return iter(self.order(self.epoch)[skip:])
+        skip, self.skip = self.skip // self.world_size, 0
+        return iter(self.shard(self.epoch)[skip:])
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.world_size
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A 32-bit seed for rank ``rank`` of a run seeded with ``seed`` (NumPy takes 32 bits)."""
+    digest = hashlib.sha256(f"codefusion/{seed}/rank{rank}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Seed torch (every device), Python ``random`` and NumPy for one rank of a DDP run.
+
+    Lightning seeds every rank alike; the ranks then draw the same diffusion steps and noise
+    for different rows, and a global batch holds only ``batch_size`` distinct draws."""
+    s = rank_seed(seed, rank)
+    torch.manual_seed(s)
+    random.seed(s)
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy comes with lightning
+        return
+    np.random.seed(s)
 
 
 # ------------------------------------------------------------------------------ RNG states

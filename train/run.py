@@ -3,12 +3,15 @@
 <out_dir>/<name>/pretrain/{checkpoints/, logs/, model/}
 <out_dir>/<name>/finetune/{checkpoints/, logs/, model/}    (starts from pretrain/model)
 <out_dir>/<name>/model -> the last stage's export, what `codefusion generate` loads
+
+Under DDP every rank runs all of this; rank zero writes and the others wait (train/dist.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -25,6 +28,7 @@ from codefusion.tokenizer import CodeTokenizer, train_bpe
 from train.baseline import BaselineModule
 from train.config import RunConfig, RunConfigError, StageConfig
 from train.data import CodeFusionDataModule
+from train.dist import barrier, is_rank_zero, wait_until
 from train.module import CodeFusionModule
 from train.resume import AtomicCheckpointIO, CheckpointLoadError
 
@@ -32,10 +36,20 @@ log = logging.getLogger(__name__)
 STAGES = ("pretrain", "finetune")
 
 
+def _has_tokenizer(path: Path) -> bool:
+    return (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()
+
+
 def ensure_tokenizer(cfg: RunConfig) -> CodeTokenizer:
-    """Load the configured tokenizer, training and saving it first if the folder is empty."""
+    """Load the configured tokenizer, training and saving it first if the folder is empty.
+
+    On several processes rank zero trains it and the others wait for it to appear: it is
+    written to a temporary folder and renamed into place, so it appears whole."""
     path = Path(cfg.tokenizer.path)
-    if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
+    if _has_tokenizer(path):
+        return CodeTokenizer.from_pretrained(path)
+    if not is_rank_zero():
+        wait_until(lambda: _has_tokenizer(path), f"the tokenizer {path}")
         return CodeTokenizer.from_pretrained(path)
     from codefusion.data import load_benchmark, load_snippets
 
@@ -47,7 +61,22 @@ def ensure_tokenizer(cfg: RunConfig) -> CodeTokenizer:
             yield from dict.fromkeys(load_snippets(lang, cfg.data_dir, cfg.python_corpus))
 
     tok = CodeTokenizer(train_bpe(corpus(), cfg.tokenizer.vocab_size))
-    tok.save_pretrained(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        tok.save_pretrained(tmp)
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            raise RunConfigError(
+                f"{path} holds files but no tokenizer: empty it or set another tokenizer.path"
+            ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     log.info(
         "trained a %d-token BPE on %s -> %s", len(tok), "+".join(cfg.tokenizer.languages), path
     )
@@ -98,7 +127,11 @@ def trainer_for(
         max_steps=st.max_steps,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
+        # Our sampler shards the epoch by rank itself (train/resume.py); Lightning's wrapper
+        # would reshuffle its order and lose the position in the epoch on resume.
+        use_distributed_sampler=False,
         precision=_precision(cfg),
         gradient_clip_val=st.grad_clip,
         val_check_interval=st.val_every,
@@ -188,6 +221,8 @@ def run_stage(
         dm.setup()
         extra.append(generation_check(cfg, st, dm, tok, ar))
     last = stage_dir / "checkpoints" / "last.ckpt"
+    # Every rank decides alone and all decide alike: nothing writes a checkpoint of this stage
+    # before every rank has joined the fit (rank zero waits for the others in DDP's setup).
     ckpt_path = str(last) if resume and last.is_file() else None
     if ckpt_path:
         log.info("resuming %s from %s", stage, last)
@@ -201,6 +236,8 @@ def run_stage(
     export = stage_dir / "model"
     if trainer.is_global_zero:
         (ARBaseline if ar else CodeFusion)(module.model.eval(), tok).save_pretrained(export)
+    # Every rank starts the next stage from this export: none reads it before it is complete.
+    trainer.strategy.barrier("export")
     return export
 
 
@@ -224,9 +261,10 @@ def run(
 ) -> Path:
     """Run the requested stages in order; fine-tuning starts from the pre-training export."""
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / "run_config.yaml").write_text(
-        yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
-    )
+    if is_rank_zero():
+        (cfg.run_dir / "run_config.yaml").write_text(
+            yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+        )
     export: Path | None = None
     for stage in stages:
         if getattr(cfg, stage) is None:
@@ -240,7 +278,9 @@ def run(
             "nothing to run: the config has neither a pretrain nor a finetune section"
         )
     final = cfg.run_dir / "model"
-    if final.exists():
-        shutil.rmtree(final)
-    shutil.copytree(export, final)
+    if is_rank_zero():
+        if final.exists():
+            shutil.rmtree(final)
+        shutil.copytree(export, final)
+    barrier()  # no rank reports the final model before it is there
     return final
