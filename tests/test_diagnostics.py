@@ -1,0 +1,85 @@
+"""Diagnostics, held-out splits by program, and the ablation plan: the tools that judge a model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from codefusion.data import Example
+from codefusion.diagnostics import default_steps, model_diagnostics
+from codefusion.diffusion import Batch
+from eval.ablation import PlanError, load_plan, resolve_rows
+from eval.diagnose import generation_diagnostics, length_accuracy
+from tests.conftest import CF_CODES, CF_PROMPTS
+from train.data import code_key, holdout_examples, split_holdout
+
+
+def test_holdout_by_code_never_splits_a_program():
+    codes = ["Duplicate()", "Duplicates()", "GreaterThan(5)", "GreaterThan( 5)", "Blanks()"] * 8
+    exs = [Example(i, f"prompt {i}", c) for i, c in enumerate(codes)]
+    train, val = holdout_examples(exs, 0.3, seed=0, by="code", lang="cf")
+    key = code_key("cf")
+    assert val and train and len(train) + len(val) == len(exs)
+    assert not {key(e.code) for e in train} & {key(e.code) for e in val}
+    # Canonical form: Duplicate()/Duplicates() are one program for CF.
+    assert key("Duplicate()") == key("Duplicates()")
+    again = holdout_examples(exs, 0.3, seed=0, by="code", lang="cf")
+    assert [e.id for e in again[1]] == [e.id for e in val]
+    rows_train, rows_val = split_holdout(list(range(10)), 0.2, seed=1)
+    assert len(rows_val) == 2 and sorted(rows_train + rows_val) == list(range(10))
+
+
+def test_model_diagnostics_on_a_batch(tiny_model, tiny_tokenizer):
+    ids, mask, _ = tiny_tokenizer.encode_prompts(CF_PROMPTS, 24)
+    code, _ = tiny_tokenizer.encode_code(CF_CODES, 16)
+    batch = Batch(ids, mask, code, torch.zeros(len(CF_CODES), dtype=torch.bool))
+    d = model_diagnostics(tiny_model.model.eval(), tiny_model.schedule, batch)
+    steps = default_steps(tiny_model.schedule)
+    assert steps[0] == 0 and steps[-1] == tiny_model.schedule.steps - 1
+    assert set(d) == {"decoder_clean_acc", *(f"x0_nn_acc@{t}" for t in steps)}
+    assert all(0.0 <= v <= 1.0 for v in d.values())
+
+
+def test_generation_diagnostics_and_length_accuracy(tiny_model):
+    exs = [Example(i, p, c) for i, (p, c) in enumerate(zip(CF_PROMPTS, CF_CODES, strict=True))]
+    d = generation_diagnostics(tiny_model, exs[:3], "cf", k=2, steps=3, num_draws=2)
+    assert set(d) >= {"top1", "top5", "valid_top1", "unique@k", "length_acc", "length_acc_top1"}
+
+    class C:
+        def __init__(self, code):
+            self.code = code
+
+    tok = tiny_model.tokenizer
+    acc = length_accuracy(tok, exs[:2], [[C(CF_CODES[0]), C("x")], [C("y")]])
+    assert acc["length_acc_top1"] == 50.0
+
+
+def test_ablation_rows_inherit_the_previous_row(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        """
+base: configs/cf-small-cpu.yaml
+benchmark: cf
+rows:
+  - {name: a, both: {decoder_input: x0_hat}}
+  - {name: b, both: {decoder_input: clean}, generate: {length: predicted}}
+  - {name: c, set: [model.dropout=0.1]}
+  - {name: d, inherit: a, set: [model.dropout=0.1]}
+"""
+    )
+    rows = {r["name"]: r for r in resolve_rows(load_plan(plan))}
+    assert rows["c"]["set"] == [
+        'pretrain.decoder_input="x0_hat"',
+        'finetune.decoder_input="x0_hat"',
+        'pretrain.decoder_input="clean"',
+        'finetune.decoder_input="clean"',
+        "model.dropout=0.1",
+    ]
+    assert rows["c"]["generate"] == {"length": "predicted"}
+    assert rows["d"]["set"][-1] == "model.dropout=0.1" and rows["d"]["generate"] == {}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps({"base": "x", "benchmark": "cf", "rows": [{"name": "a"}] * 2}))
+    with pytest.raises(PlanError, match="distinct"):
+        load_plan(bad)
