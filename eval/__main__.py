@@ -117,6 +117,35 @@ def _add_split_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--holdout-by", choices=["code", "row"], default="code")
 
 
+def _steps_curve(args: argparse.Namespace) -> int:
+    import torch
+
+    from codefusion.auto import load_generator
+    from eval.curves import steps_curve
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gen = load_generator(args.model, device=device)
+    options = {k: v for k, v in {"num_draws": args.draws, "length": args.length}.items() if v}
+    rows = steps_curve(
+        gen, _examples(args), args.benchmark, args.steps, Path(args.out), args.seed, **options
+    )
+    for r in rows:
+        print(
+            f"steps {r['steps']:>5}: top-1 {r['top1']:.1f}  top-5 {r['top5']:.1f}  "
+            f"valid {r['valid_top1']:.1f}  length {r['length_acc']:.1f}"
+        )
+    return 0
+
+
+def _training_curves(args: argparse.Namespace) -> int:
+    from eval.curves import training_curves
+
+    data = training_curves([Path(s) for s in args.stages], args.labels, Path(args.out), args.metric)
+    for label, d in data.items():
+        print(label, " ".join(f"{x}:{y:.1f}" for x, y in zip(d["steps"], d["values"], strict=True)))
+    return 0
+
+
 def _ablation(args: argparse.Namespace) -> int:
     from eval.ablation import run_plan
 
@@ -275,6 +304,31 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--data", help="benchmark data folder (default: $CODEFUSION_DATA)")
     s.add_argument("--nl2bash-defined", metavar="FILE", help=_NL2BASH_HELP)
     s.set_defaults(func=_rescore)
+    sc = sub.add_parser(
+        "steps-curve", help="quality against the number of sampling steps, for one model"
+    )
+    sc.add_argument("--model", required=True, help="model directory")
+    sc.add_argument("--benchmark", required=True, choices=["cf", "bash", "python"])
+    sc.add_argument("--data", help="benchmark data folder (default: $CODEFUSION_DATA)")
+    sc.add_argument(
+        "--steps", type=int, nargs="+", default=[1, 2, 5, 10, 25, 50, 100, 200, 400, 1200]
+    )
+    sc.add_argument("--draws", type=int, help="noise draws per prompt (default 2k)")
+    sc.add_argument("--length", choices=["free", "predicted"])
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--limit", type=int, help="only the first N items")
+    sc.add_argument("--device", help="cpu or cuda")
+    sc.add_argument("--out", required=True, help="folder for curve.json and curve.png")
+    _add_split_args(sc)
+    sc.set_defaults(func=_steps_curve)
+    tc = sub.add_parser(
+        "training-curves", help="held-out metric against training steps, from CSV logs"
+    )
+    tc.add_argument("stages", nargs="+", help="stage folders, e.g. runs/NAME/finetune")
+    tc.add_argument("--labels", nargs="+", required=True, help="one label per stage folder")
+    tc.add_argument("--metric", default="val/top5")
+    tc.add_argument("--out", required=True, help="PNG path (numbers beside it as .json)")
+    tc.set_defaults(func=_training_curves)
     t = sub.add_parser("tables", help="combine result folders into one table and a plot")
     t.add_argument(
         "results", nargs="+", help="result folders (each with metrics.json, or parents of them)"
