@@ -187,7 +187,7 @@ class CodeFusion:
         trace_at: set[int] | None = None,
         allow_empty: bool = False,
         fast: bool | None = None,
-        length: str = "free",
+        length: str | None = None,
         length_candidates: int = 3,
     ) -> SampleOutput:
         """Raw draws for each prompt: ``num_draws`` consecutive rows per prompt.
@@ -196,8 +196,11 @@ class CodeFusion:
         denoising step per step (see ``codefusion.sampler``); on CPU it is the plain loop.
         ``length="predicted"`` (models with a length head): draw ``j`` of a prompt gets the
         ``(j mod length_candidates)``-th most likely length from the head, and its end token is
-        fixed there (the positions from it on are given: ``</s>`` then pad).
+        fixed there (the positions from it on are given: ``</s>`` then pad). ``length=None``:
+        "predicted" for a model with a length head, else "free" (N places the end token).
         """
+        if length is None:
+            length = "free" if self.model.length_head is None else "predicted"
         if length not in LENGTH_MODES:
             raise GenerationError(
                 f"length must be one of {', '.join(LENGTH_MODES)}, not {length!r}"
@@ -264,7 +267,7 @@ class CodeFusion:
         syntax_rank: str | None = None,
         allow_empty: bool = False,
         fast: bool | None = None,
-        length: str = "free",
+        length: str | None = None,
         length_candidates: int = 3,
     ) -> list[Candidate] | list[list[Candidate]]:
         """Top-k programs per prompt, best first, duplicates removed.
