@@ -298,7 +298,7 @@ def test_analytic_training_flops_match_the_flop_counter(name):
 def test_benchmark_quick_mode_writes_both_files(tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, str(BENCH), "--quick", "--device", "cpu", "--preset", "tiny"]
-    cmd += ["--vocab-size", "512", "--train-steps", "2", "--train-warmup", "1"]
+    cmd += ["--vocab-size", "512", "--train-steps", "2", "--train-warmup", "1", "--threads", "1"]
     cmd += ["--sample-steps", "3", "--respaced", "2", "--repeats", "1", "--sample-warmup", "0"]
     cmd += ["--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -321,6 +321,21 @@ def test_benchmark_quick_mode_writes_both_files(tmp_path):
         assert run["reference"]["median_s"] > 0 and run["optimised"]["median_s"] > 0
         assert run["reference"]["options"] == {"fast": False, "cache_cross_kv": False}
         assert run["speedup"]["optimised"] > 0
+    ops = res["op_counts"]
+    train_ops, samp = ops["training"], ops["sampling"]
+    before, now = train_ops["optimised, before"], train_ops["optimised, now"]
+    assert now["dispatched"]["ops"] < before["dispatched"]["ops"]
+    assert now["dispatched"]["host_reads"] < before["dispatched"]["host_reads"]
+    ema_before = train_ops["optimised, before (EMA update alone)"]["dispatched"]
+    ema_now = train_ops["optimised, now (EMA update alone)"]["dispatched"]
+    assert ema_before["host_reads"] == 2 and ema_now["host_reads"] == 0
+    assert ema_now["ops"] <= 2 < ema_before["ops"]  # a foreach lerp vs a loop over tensors
+    fast_before = samp["fast step, before (fp32 N under autocast)"]["dispatched"]
+    fast_now = samp["fast step, now (bf16 copy of N)"]["dispatched"]
+    assert fast_now["ops"] < fast_before["ops"] and fast_now["casts"] < fast_before["casts"]
+    assert fast_before["copies"] > 0 and fast_now["copies"] == 0
+    assert res["memory"]["saved_mib_per_example"] > 0
+    assert "Ops per step" in (out / "results.md").read_text()
     assert res["baseline"]["status"] in ("ok", "unavailable", "skipped", "failed")
     assert set(res["targets"]["met"]) == set(res["targets"]["targets"])
     assert res["targets"]["judged"] is False
