@@ -35,6 +35,7 @@ def real_data_dir() -> Path:
 
 # --- tiny artefacts built by the tests themselves -------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def fixture_data(tmp_path_factory) -> Path:
     return write_fixture_data(tmp_path_factory.mktemp("data"))
