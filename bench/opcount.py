@@ -13,7 +13,8 @@ well under a millisecond. :func:`count_ops` runs a function twice, once under ea
   does not run compiled code under a dispatch mode, so this counter is null for compiled
   functions;
 - ``profiled`` (``torch.profiler``, eager and compiled alike): aten ops called from Python or
-  from compiled code (the outermost aten event of each call, views and allocations left out)
+  from compiled code (the outermost aten event of each call, views and allocations left out;
+  an op that calls others, ``aten::linear`` or autocast's casts inside it, counts once)
   plus fused kernels of compiled code (inductor's C++ kernels on CPU, recorded when
   ``torch._inductor.config.cpp.enable_kernel_profile`` was set before compiling);
 - ``kernels``: device kernels recorded by the profiler (CUDA only, else null).
@@ -86,11 +87,12 @@ def count_profiled(fn: Callable[[], Any], device: torch.device) -> dict[str, Any
             kernels += 1
         elif "cpp_fused" in e.name:
             fused += 1
-        elif e.name.startswith("aten::"):
+        elif e.name.startswith(("aten::", "cfbench::")):
             parent = e.cpu_parent
-            while parent is not None and not parent.name.startswith("aten::"):
+            while parent is not None and not parent.name.startswith(("aten::", "cfbench::")):
                 parent = parent.cpu_parent
-            if parent is None and not launches_nothing(e.name[len("aten::") :]):
+            name = e.name.split("::", 1)[1]
+            if parent is None and not (e.name.startswith("aten::") and launches_nothing(name)):
                 calls += 1
     return {
         "ops": calls + fused,

@@ -540,8 +540,9 @@ def sample_fast(
 
     ``use_graph`` None: a CUDA graph on CUDA. ``dtype`` "auto": N runs as a bf16 copy on CUDA
     where supported, else N itself in fp32 (None); D runs once, under autocast in that dtype.
-    ``compile_backend`` "auto": the step is compiled with inductor before capture on CUDA, not
-    elsewhere (None); tests pass "eager" to check that it traces as one graph. With
+    ``compile_backend`` "auto": the step is compiled with inductor before capture on CUDA
+    (unless ``CODEFUSION_COMPILE_SAMPLER=0``), not elsewhere (None); tests pass "eager" to check
+    that it traces as one graph. With
     ``use_graph=False, dtype=None, compile_backend=None`` it runs the captured step function
     eagerly in fp32 and equals the plain loop (the CPU test of the graph path's logic)."""
     cfg = model.config
@@ -552,7 +553,10 @@ def sample_fast(
         bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
         dtype = torch.bfloat16 if bf16 else None
     if compile_backend == "auto":
-        compile_backend = "inductor" if dev.type == "cuda" else None
+        # Compiling costs seconds once per shape (less from inductor's on-disk cache): a
+        # single short generate call may rather skip it (CODEFUSION_COMPILE_SAMPLER=0).
+        wanted = os.environ.get("CODEFUSION_COMPILE_SAMPLER", "1") not in ("0", "")
+        compile_backend = "inductor" if dev.type == "cuda" and wanted else None
     n = enc.shape[0]
     # The same first draw as the plain loop: the same x_T for the same generator state.
     x = torch.randn(

@@ -136,11 +136,11 @@ class CodeFusionModule(L.LightningModule):
             return loss  # the hot path: nothing read on the host, nothing logged
         terms = torch.stack([v.detach().float() for v in out.values()])
         if self.trainer.world_size > 1:
-            # One all-reduce of a few scalars (small beside the gradients' own) gives the logs
-            # the terms of the global batch, the one the optimizer steps on, and every rank the
-            # same verdict on a non-finite loss: a NaN anywhere makes the mean NaN everywhere. A
-            # rank that skipped or stopped alone would leave the others waiting in DDP's
-            # gradient all-reduce.
+            # One all-reduce of a few scalars per step (small beside the gradients' own) gives
+            # the logs the terms of the global batch, the one the optimizer steps on, and every
+            # rank the same verdict on a non-finite loss: a NaN anywhere makes the mean NaN
+            # everywhere. A rank that skipped or stopped alone would leave the others waiting in
+            # DDP's gradient all-reduce. (Every rank reads on the same steps: reads_loss.)
             terms = self.trainer.strategy.reduce(terms, reduce_op="mean")
         stats = dict(zip(out, terms, strict=True))
         if not torch.isfinite(stats["loss"]):
