@@ -316,6 +316,8 @@ def bench_training(args: argparse.Namespace, dev: torch.device, optimised: bool)
 def _bench_training(
     args: argparse.Namespace, dev: torch.device, optimised: bool, batch_size: int
 ) -> dict:
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)  # this path's peak, not the previous one's
     cfg, model, objective, opt, batch = _train_setup(args, dev, batch_size, optimised)
     amp = optimised and dev.type == "cuda"
     compiled = optimised and args.compile
