@@ -11,9 +11,19 @@ its latency is the worst case of ``code_len`` new tokens).
 Training step = the objective on one batch, backward, AdamW step (no clipping, no logging):
 
 * reference: eager fp32, ``AdamW(fused=False)`` (PyTorch's default foreach implementation), the
-  PyTorch reference kernels (``CODEFUSION_DISABLE_TRITON=1``);
-* optimised: bf16 autocast (CUDA), ``AdamW(fused=True)``, Triton kernels (CUDA), and
-  ``torch.compile`` of the loss computation with ``--compile``.
+  PyTorch reference kernels (``CODEFUSION_DISABLE_TRITON=1``), at ``--ref-batch-size`` (fp32
+  activations at batch 512 and canvas 128 exceed an H100's memory);
+* optimised: bf16 autocast (CUDA), ``AdamW(fused=True)``, Triton kernels (CUDA), and with
+  ``--compile`` E, N and D compiled in place as training compiles them (train/run.py), at
+  ``--batch-size`` (512 by default: MFU is judged at batch >= 512).
+A batch that runs out of GPU memory is halved and retried (the batch used is reported).
+
+Op counts (``op_counts``; bench/opcount.py): the aten ops one training step and one sampling
+step dispatch (and on CUDA the kernels they launch), the casts, copies and host reads among
+them, for the reference path, the optimised one as before this change and as now (the per-step
+loss read, Lightning's EMA update, the autocast sampler) and, with ``--compile``, compiled.
+Activation memory (``memory``): bytes saved for backward per example (optimised precision,
+full-length prompts), the figure the configs' batch sizes are planned from.
 
 Model FLOPs per step are analytic: 6 x (weights of every nn.Linear) x (tokens that linear sees:
 prompt tokens for E and the cross-attention K/V projections, code tokens for the rest, one row per
@@ -56,6 +66,7 @@ if str(REPO) not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from codefusion.config import PRESETS, preset  # noqa: E402
@@ -63,6 +74,7 @@ from codefusion.diffusion import Batch, CodeFusionObjective  # noqa: E402
 from codefusion.kernels import HAS_TRITON  # noqa: E402
 from codefusion.model import CodeFusionModel  # noqa: E402
 from codefusion.pipeline import CodeFusion, build_model, rank_candidates  # noqa: E402
+from codefusion.sampler import strict_graphs  # noqa: E402
 from codefusion.schedule import SqrtSchedule  # noqa: E402
 from codefusion.tokenizer import EOS, MASK, PAD, SPECIAL_TOKENS, UNK, CodeTokenizer  # noqa: E402
 
@@ -77,6 +89,7 @@ TARGETS = {
 # --quick: a CPU run in well under two minutes (explicit options still win).
 QUICK = dict(
     batch_size=8,
+    ref_batch_size=8,
     prompt_len=16,
     train_steps=5,
     train_warmup=2,
@@ -87,7 +100,8 @@ QUICK = dict(
     threads=1,
 )
 FULL = dict(
-    batch_size=64,
+    batch_size=512,
+    ref_batch_size=128,
     prompt_len=32,
     train_steps=20,
     train_warmup=5,
@@ -107,7 +121,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: cuda if any")
     p.add_argument("--out", default="results/bench", type=Path)
     p.add_argument("--vocab-size", type=int, default=16384)
-    p.add_argument("--batch-size", type=int, help="training batch (default 64; quick 8)")
+    p.add_argument("--batch-size", type=int, help="training batch (default 512; quick 8)")
+    p.add_argument(
+        "--ref-batch-size", type=int, help="the fp32 reference's batch (default 128; quick 8)"
+    )
     p.add_argument("--prompt-len", type=int, help="training prompt tokens (default 32; quick 16)")
     p.add_argument("--prompt-tokens", type=int, default=12, help="words in the sampling prompt")
     p.add_argument("--train-steps", type=int, help="timed training steps (default 20; quick 5)")
@@ -121,11 +138,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, help="timed sampling runs (median; default 5; quick 3)")
     p.add_argument("--sample-warmup", type=int, help="untimed sampling runs (default 2; quick 1)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="H100 SXM bf16 dense: 989")
-    p.add_argument("--compile", action="store_true", help="torch.compile the optimised loss")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile E, N, D and the sampling step"
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default torch's; quick 1)")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-sample", action="store_true")
     p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--skip-ops", action="store_true", help="no op counts, no memory figures")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--quick", action="store_true", help="small batch, few steps: a CPU run in < 2 minutes"
@@ -268,26 +288,49 @@ def train_flops(model: CodeFusionModel, batch_size: int, prompt_len: int) -> dic
 # --- training ---------------------------------------------------------------------------------
 
 
-def bench_training(args: argparse.Namespace, dev: torch.device, optimised: bool) -> dict:
+def _train_setup(args: argparse.Namespace, dev: torch.device, batch_size: int, optimised: bool):
     torch.manual_seed(args.seed)
     cfg = preset(args.preset, vocab_size=args.vocab_size)
     model = CodeFusionModel(cfg).to(dev).train()
     schedule = SqrtSchedule(cfg.diffusion_steps, cfg.schedule_offset).to(dev)
     objective = CodeFusionObjective(schedule)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=optimised)
-    batch = synthetic_batch(model, args.batch_size, args.prompt_len, args.seed).to(dev)
+    batch = synthetic_batch(model, batch_size, args.prompt_len, args.seed).to(dev)
+    return cfg, model, objective, opt, batch
+
+
+def bench_training(args: argparse.Namespace, dev: torch.device, optimised: bool) -> dict:
+    """Times the training step; a batch that runs out of GPU memory is halved and retried."""
+    batch_size = args.batch_size if optimised else args.ref_batch_size
+    while True:
+        try:
+            return _bench_training(args, dev, optimised, batch_size)
+        except torch.cuda.OutOfMemoryError:
+            free(dev)
+            if batch_size == 1:
+                raise
+            print(f"batch {batch_size}: out of memory, retrying at {batch_size // 2}")
+            batch_size //= 2
+
+
+def _bench_training(
+    args: argparse.Namespace, dev: torch.device, optimised: bool, batch_size: int
+) -> dict:
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)  # this path's peak, not the previous one's
+    cfg, model, objective, opt, batch = _train_setup(args, dev, batch_size, optimised)
     amp = optimised and dev.type == "cuda"
     compiled = optimised and args.compile
+    if compiled:
+        from train.run import compile_model
 
-    def loss_fn() -> torch.Tensor:
-        return objective(model, batch)["loss"]
+        compile_model(model)  # E, N and D in place, as training does
 
-    run_loss = torch.compile(loss_fn) if compiled else loss_fn
     last: list[float] = []
 
     def step() -> None:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            loss = run_loss()
+            loss = objective(model, batch)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -296,23 +339,239 @@ def bench_training(args: argparse.Namespace, dev: torch.device, optimised: bool)
     warmup = max(args.train_warmup, 3 if compiled else 0)
     with nullcontext() if optimised else reference_kernels():
         times = timed(step, warmup, args.train_steps, dev)
-    flops = train_flops(model, args.batch_size, args.prompt_len)["train_step"]
+    flops = train_flops(model, batch_size, args.prompt_len)["train_step"]
     step_s = statistics.median(times)
     tflops = flops / step_s / 1e12
     result = {
+        "batch_size": batch_size,
         "step_s": step_s,
         "step_s_all": times,
-        "tokens_per_s": args.batch_size * cfg.code_len / step_s,
+        "tokens_per_s": batch_size * cfg.code_len / step_s,
         "achieved_tflops": tflops,
+        "flops_per_step": flops,
         "mfu": tflops / args.peak_tflops if dev.type == "cuda" else None,
         "precision": "bf16 autocast" if amp else "fp32",
         "optimizer": "AdamW(fused=True)" if optimised else "AdamW(fused=False), foreach default",
         "kernels": "triton" if optimised and triton_active(dev) else "reference",
         "compiled": compiled,
         "final_loss": float(last[0]) if last else None,
-        "flops": train_flops(model, args.batch_size, args.prompt_len),
+        "flops": train_flops(model, batch_size, args.prompt_len),
+        "max_memory_gib": (
+            torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+        ),
     }
     return result
+
+
+# --- op counts and activation memory ----------------------------------------------------------
+
+
+def bench_op_counts(args: argparse.Namespace, dev: torch.device, tok: CodeTokenizer) -> dict:
+    """Ops per training step and per sampling step (bench/opcount.py), before and after."""
+    return {
+        "training": training_op_counts(args, dev),
+        "sampling": sampling_op_counts(args, dev, tok),
+    }
+
+
+def training_op_counts(args: argparse.Namespace, dev: torch.device) -> dict:
+    """One training step as the training loop runs it on a GPU: bf16 autocast with Lightning's
+    settings (cast cache off), fused AdamW, gradient clipping and the EMA update; "before"
+    adds the per-step loss read (terms stacked, ``isfinite``) and Lightning's EMA update
+    (``AveragedModel``, two reads of its count); "eager fp32" is the benchmark's reference."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
+
+    from bench.opcount import count_ops
+    from train.ema import _ForeachEMA, _HostCountedAverage
+
+    batch_size = min(args.batch_size, 8)  # counts do not depend on the batch
+    out: dict[str, Any] = {"batch_size": batch_size}
+
+    def make(optimised: bool):
+        cfg, model, objective, opt, batch = _train_setup(args, dev, batch_size, optimised)
+        return model, objective, opt, batch
+
+    # Reference: eager fp32, foreach AdamW, reference kernels.
+    model, objective, opt, batch = make(False)
+
+    def ref_step() -> None:
+        objective(model, batch)["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with reference_kernels():
+        ref_step()
+        out["reference (eager fp32)"] = count_ops(ref_step, dev)
+
+    def loop_step(model, objective, opt, batch, ema, before: bool) -> Callable[[], None]:
+        def step() -> None:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False):
+                out_ = objective(model, batch)
+            loss = out_["loss"]
+            if before:  # the old training_step: every step read its loss
+                terms = torch.stack([v.detach().float() for v in out_.values()])
+                bool(torch.isfinite(terms[-1]))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema.update_parameters(model)
+
+        return step
+
+    for label, before in (("optimised, before", True), ("optimised, now", False)):
+        model, objective, opt, batch = make(True)
+        if before:  # Lightning's EMAWeightAveraging: a Python loop over the tensors
+            ema = AveragedModel(model, avg_fn=get_ema_avg_fn(0.999), use_buffers=True)
+        else:
+            ema = AveragedModel(model, multi_avg_fn=_ForeachEMA(0.999), use_buffers=True)
+            ema.__class__ = _HostCountedAverage
+        step = loop_step(model, objective, opt, batch, ema, before)
+        step()
+        step()  # the EMA's first update copies; the second averages
+        out[label] = count_ops(step, dev)
+        out[label + " (EMA update alone)"] = count_ops(
+            lambda ema=ema, model=model: ema.update_parameters(model), dev
+        )
+    if args.compile:
+        import torch._inductor.config as inductor_config
+
+        from train.run import compile_model
+
+        inductor_config.cpp.enable_kernel_profile = True  # fused CPU kernels in the profile
+        model, objective, opt, batch = make(True)
+        ema = AveragedModel(model, multi_avg_fn=_ForeachEMA(0.999), use_buffers=True)
+        ema.__class__ = _HostCountedAverage
+        compile_model(model)
+        step = loop_step(model, objective, opt, batch, ema, False)
+        for _ in range(3):
+            step()
+        out["optimised, now, compiled"] = count_ops(step, dev, compiled=True)
+    return out
+
+
+def sampling_op_counts(args: argparse.Namespace, dev: torch.device, tok: CodeTokenizer) -> dict:
+    """One denoising step of top-k sampling (``num_draws`` draws of one prompt): the plain
+    loop's, and the fast path's step function as it is captured on a GPU (counted eagerly, or
+    compiled), before (fp32 N under bf16 autocast with its cast cache off, K/V padded to
+    ``max_prompt_len`` with a mask, the adaLN kernel's input copies) and now (a bf16 copy of N,
+    no autocast, K/V in the prompt's bucket, no mask for one unpadded prompt, strides). On CPU
+    the adaLN counts as one op except in the reference (bench/opcount.py)."""
+    from bench.opcount import adaln_as_one_kernel, count_ops
+    from codefusion import sampler as S
+    from codefusion.model import attention_mask
+
+    def as_on_gpu(copy_inputs: bool = False):
+        # On CPU N's adaLN counts as one op, as the Triton kernel is one launch on a GPU
+        # (copy_inputs: with the copies its wrapper made before this change).
+        return nullcontext() if dev.type == "cuda" else adaln_as_one_kernel(copy_inputs)
+
+    torch.manual_seed(args.seed)
+    cfg = preset(args.preset, vocab_size=len(tok))
+    model = build_model(cfg, tok).to(dev).eval()
+    schedule = SqrtSchedule(cfg.diffusion_steps, cfg.schedule_offset).to(dev)
+    prompt = " ".join(f"w{len(SPECIAL_TOKENS) + 37 * i}" for i in range(args.prompt_tokens))
+    ids, mask, _ = tok.encode_prompts([prompt], cfg.max_prompt_len)
+    n = args.num_draws
+    out: dict[str, Any] = {"draws": n, "prompt_tokens": int(mask.sum())}
+    with torch.no_grad():
+        enc = model.encode(ids.to(dev), mask.to(dev)).repeat_interleave(n, 0)
+        x = torch.randn(n, cfg.code_len, cfg.latent_dim, device=dev)
+        t_plan, coef = S.step_plan(schedule, schedule.timesteps(None), 0.0)
+        t, c = t_plan[5].expand(n), coef[5]
+
+        def plain(cached_kv) -> Callable[[], Any]:
+            return lambda: S.ddim_step(
+                model, x, t, c, cached_kv or model.denoiser.cross_kv(enc), None
+            )
+
+        with reference_kernels():
+            plain(None)()
+            out["reference (fp32, K/V per step)"] = count_ops(plain(None), dev)
+        kv = model.denoiser.cross_kv(enc)
+        with as_on_gpu():
+            plain(kv)()
+            out["plain loop (fp32, cached K/V)"] = count_ops(plain(kv), dev)
+
+        # Before: the captured step ran fp32 N under autocast (cast cache off under capture)
+        # on K/V padded to max_prompt_len with a mask.
+        s = enc.shape[1]
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            kv_amp = model.denoiser.cross_kv(enc)
+        pad = cfg.max_prompt_len - s
+        kv_pad = [tuple(F.pad(a, (0, 0, 0, pad)) for a in pair) for pair in kv_amp]
+        m = attention_mask(F.pad(torch.ones(n, s, dtype=torch.long, device=dev), (0, pad)))
+
+        def before() -> None:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False):
+                S.ddim_step(model, x, t, c, kv_pad, m)
+
+        with as_on_gpu(copy_inputs=True):
+            before()
+            out["fast step, before (fp32 N under autocast)"] = count_ops(before, dev)
+
+        def runner_for(backend: str | None) -> S.DenoiseStep:
+            S._STEPS.pop(model, None)
+            g = torch.Generator(device=dev).manual_seed(0)
+            S.sample_fast(
+                model, schedule, enc, None, g, steps=2, use_graph=False,
+                dtype=torch.bfloat16, compile_backend=backend,
+            )  # fmt: skip
+            (runner,) = S._STEPS[model].values()
+            return runner
+
+        runner = runner_for(None)
+        with as_on_gpu():
+            runner._run(model)
+            out["fast step, now (bf16 copy of N)"] = count_ops(lambda: runner._run(model), dev)
+        if args.compile:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.cpp.enable_kernel_profile = True
+            runner = runner_for("inductor")
+            runner._run(model)
+            out["fast step, now, compiled"] = count_ops(
+                lambda: runner._run(model), dev, compiled=True
+            )
+    return out
+
+
+def bench_memory(args: argparse.Namespace, dev: torch.device) -> dict:
+    """Activation bytes saved for backward per example: the slope between two batch sizes
+    (what does not grow with the batch, such as weight casts, cancels), full-length prompts,
+    the optimised path's precision (bf16 autocast; Triton kernels on CUDA)."""
+    cfg = preset(args.preset, vocab_size=args.vocab_size)
+    prompt_len = cfg.max_prompt_len
+
+    def saved(batch_size: int) -> int:
+        torch.manual_seed(args.seed)
+        model = CodeFusionModel(cfg).to(dev).train()
+        objective = CodeFusionObjective(SqrtSchedule(cfg.diffusion_steps).to(dev))
+        batch = synthetic_batch(model, batch_size, prompt_len, args.seed)
+        batch.prompt_mask[:] = 1
+        batch = batch.to(dev)
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            st = t.untyped_storage()
+            if st.data_ptr() not in params:
+                seen[st.data_ptr()] = st.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False):
+                objective(model, batch)
+        return sum(seen.values())
+
+    per_example = (saved(4) - saved(2)) / 2
+    return {
+        "code_len": cfg.code_len,
+        "prompt_len": prompt_len,
+        "precision": "bf16 autocast",
+        "kernels": "triton" if triton_active(dev) else "reference",
+        "saved_mib_per_example": per_example / 2**20,
+    }
 
 
 # --- sampling ---------------------------------------------------------------------------------
@@ -351,7 +610,9 @@ def bench_sampling(args: argparse.Namespace, dev: torch.device, tok: CodeTokeniz
     for label, steps in counts:
         row: dict[str, Any] = {"label": label, "steps": steps or total}
         for name, opts, ctx in paths:
-            with ctx():
+            # strict_graphs: a step that cannot be compiled or captured is an error here, not
+            # a warning and a slow eager loop timed as the optimised path.
+            with ctx(), strict_graphs():
                 times = timed(
                     lambda opts=opts, steps=steps: top_k(cf, prompt, steps, args, **opts),
                     args.sample_warmup,
@@ -364,7 +625,9 @@ def bench_sampling(args: argparse.Namespace, dev: torch.device, tok: CodeTokeniz
         out["runs"].append(row)
     out["precision"] = {
         "reference": "fp32",
-        "optimised": "bf16 autocast + CUDA graph" if dev.type == "cuda" else "fp32 (CPU)",
+        "optimised": (
+            "bf16 copy of N, compiled step, CUDA graph" if dev.type == "cuda" else "fp32 (CPU)"
+        ),
     }
     out["kernels"] = {
         "reference": "reference",
@@ -455,7 +718,8 @@ def check_targets(res: dict) -> dict:
     if judged and train:
         met["train_speedup_min"] = train["speedup"] >= TARGETS["train_speedup_min"]
         mfu = train["optimised"]["mfu"]
-        met["train_mfu_min"] = mfu is not None and mfu >= TARGETS["train_mfu_min"]
+        if train["optimised"]["batch_size"] >= 512:  # the issue: MFU at batch >= 512
+            met["train_mfu_min"] = mfu is not None and mfu >= TARGETS["train_mfu_min"]
     if judged and samp:
         runs = samp["runs"]
         full = runs[0]
@@ -492,25 +756,29 @@ def markdown(res: dict) -> str:
     ]
     train = res.get("training")
     if train:
+        opt_batch = train["optimised"]["batch_size"]
         lines += [
-            f"## Training (batch {st['batch_size']}, prompt {st['prompt_len']}, "
-            f"code {train['tokens_per_step'] // st['batch_size']} tokens; "
+            f"## Training (prompt {st['prompt_len']}, "
+            f"code {train['tokens_per_step'] // opt_batch} tokens; "
             f"median of {st['train_steps']} steps after {st['train_warmup']} warm-up)",
             "",
-            f"Model FLOPs per step (analytic): {train['flops_per_step'] / 1e9:,.2f} GFLOP. "
+            f"Model FLOPs per step (analytic, batch {opt_batch}): "
+            f"{train['flops_per_step'] / 1e9:,.2f} GFLOP. "
             f"MFU against {st['peak_tflops']:g} TFLOP/s (CUDA only).",
             "",
-            "| path | precision | optimizer | kernels | step | code tokens/s | TFLOP/s | MFU |",
-            "|---|---|---|---|---|---|---|---|",
+            "| path | batch | precision | optimizer | kernels | step | code tokens/s | TFLOP/s "
+            "| MFU | peak memory |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name in ("reference", "optimised"):
             r = train[name]
             mfu = "—" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+            mem = "—" if r.get("max_memory_gib") is None else f"{r['max_memory_gib']:.1f} GiB"
             label = name + (" (compiled)" if r["compiled"] else "")
             lines.append(
-                f"| {label} | {r['precision']} | {r['optimizer']} | {r['kernels']} | "
-                f"{fmt_s(r['step_s'])} | {r['tokens_per_s']:,.0f} | "
-                f"{r['achieved_tflops']:.4g} | {mfu} |"
+                f"| {label} | {r['batch_size']} | {r['precision']} | {r['optimizer']} | "
+                f"{r['kernels']} | {fmt_s(r['step_s'])} | {r['tokens_per_s']:,.0f} | "
+                f"{r['achieved_tflops']:.4g} | {mfu} | {mem} |"
             )
         lines += ["", f"**Optimised / reference throughput: {train['speedup']:.2f}x**", ""]
     samp = res.get("sampling")
@@ -554,6 +822,19 @@ def markdown(res: dict) -> str:
         if base and base.get("status") != "ok":
             lines.append(f"AR baseline: {base['status']} ({base.get('reason', '')}).")
         lines.append("")
+    ops = res.get("op_counts")
+    if ops:
+        lines += op_count_lines(ops, env["device"])
+    mem = res.get("memory")
+    if mem:
+        lines += [
+            "## Activation memory",
+            "",
+            f"Saved for backward per example: **{mem['saved_mib_per_example']:.1f} MiB** "
+            f"(canvas {mem['code_len']}, prompts of {mem['prompt_len']} tokens, "
+            f"{mem['precision']}, {mem['kernels']} kernels).",
+            "",
+        ]
     tg = res["targets"]
     lines += ["## Targets (judged for the paper preset on CUDA only)", ""]
     for key, value in tg["targets"].items():
@@ -561,6 +842,42 @@ def markdown(res: dict) -> str:
         verdict = "n/a" if met is None else ("met" if met else "NOT met")
         lines.append(f"- {key} = {value}: {verdict}")
     return "\n".join(lines) + "\n"
+
+
+def op_count_lines(ops: dict, device: str) -> list[str]:
+    lines = [
+        "## Ops per step (bench/opcount.py)",
+        "",
+        "Dispatched: aten ops that do work (no views, no bare allocations), counted below "
+        "autograd and autocast, eager code only; casts, `.contiguous()` copies and host reads "
+        "(device syncs on a GPU) among them. Profiled: aten calls plus fused kernels of "
+        "compiled code (torch.profiler)."
+        + (" Kernels: CUDA kernels launched." if device == "cuda" else ""),
+        "",
+        "| step | dispatched ops | casts | copies | host reads | profiled ops | kernels |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for part in ("training", "sampling"):
+        for name, c in ops[part].items():
+            if not isinstance(c, dict):
+                continue
+            d, p = c["dispatched"], c["profiled"]
+            cells = ["—"] * 4 if d is None else [d["ops"], d["casts"], d["copies"], d["host_reads"]]
+            kernels = "—" if p["kernels"] is None else p["kernels"]
+            lines.append(
+                f"| {part}: {name} | "
+                + " | ".join(map(str, cells))
+                + f" | {p['ops']} | {kernels} |"
+            )
+    t, s = ops["training"], ops["sampling"]
+    lines += [
+        "",
+        f"Training: batch {t['batch_size']}, one step of the training loop (objective, backward, "
+        "clipping, AdamW, EMA; bf16 autocast with Lightning's settings). Sampling: one "
+        f"denoising step of {s['draws']} draws of a {s['prompt_tokens']}-token prompt.",
+        "",
+    ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -586,10 +903,10 @@ def main(argv: list[str] | None = None) -> int:
         free(dev)
         opt = bench_training(args, dev, optimised=True)
         free(dev)
-        flops = ref.pop("flops")
-        del opt["flops"]
+        del ref["flops"]
+        flops = opt.pop("flops")
         res["training"] = {
-            "tokens_per_step": args.batch_size * cfg.code_len,
+            "tokens_per_step": opt["batch_size"] * cfg.code_len,
             "flops_per_step": flops["train_step"],
             "flops_detail": flops,
             "peak_tflops": args.peak_tflops,
@@ -598,6 +915,13 @@ def main(argv: list[str] | None = None) -> int:
             "speedup": opt["tokens_per_s"] / ref["tokens_per_s"],
         }
         elapsed["training"] = time.perf_counter() - t0
+    if not args.skip_ops:
+        t0 = time.perf_counter()
+        res["op_counts"] = bench_op_counts(args, dev, tok)
+        free(dev)
+        res["memory"] = bench_memory(args, dev)
+        free(dev)
+        elapsed["op_counts"] = time.perf_counter() - t0
     if not args.skip_sample:
         t0 = time.perf_counter()
         res["sampling"] = bench_sampling(args, dev, tok)

@@ -54,13 +54,15 @@ class Batch:
     code_ids: torch.Tensor  # [B, C] canvas: tokens, </s>, <pad>...
     uncond: torch.Tensor  # [B] bool
 
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(
-            *(
-                getattr(self, f).to(device)
-                for f in ("prompt_ids", "prompt_mask", "code_ids", "uncond")
-            )
-        )
+    FIELDS = ("prompt_ids", "prompt_mask", "code_ids", "uncond")
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return Batch(*(getattr(self, f).to(device, non_blocking=non_blocking) for f in self.FIELDS))
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies (the DataLoader's pin_memory thread calls this): a copy to the GPU
+        with ``non_blocking=True`` then overlaps the step before it."""
+        return Batch(*(getattr(self, f).pin_memory() for f in self.FIELDS))
 
 
 def content_mask(code_ids: torch.Tensor, pad_id: int, eos_id: int) -> torch.Tensor:

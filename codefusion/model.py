@@ -180,7 +180,11 @@ class Denoiser(Stack):
     ) -> torch.Tensor:
         if self.self_condition:
             x_t = torch.cat([x_t, torch.zeros_like(x_t) if x0_prev is None else x0_prev], -1)
-        temb = self.time_mlp(timestep_embedding(t, self.in_proj.out_features))  # [B, d]
+        # N's own dtype for its inputs: a no-op for the fp32 model (autocast casts in training);
+        # the fast sampler runs a bf16 copy of N on fp32 latents (sampler.py).
+        dtype = self.in_proj.weight.dtype
+        x_t = x_t.to(dtype)
+        temb = self.time_mlp(timestep_embedding(t, self.in_proj.out_features).to(dtype))  # [B, d]
         cond = self.time_mod(temb).view(t.shape[0], 9, -1)
         # The timestep enters twice: added to every position, and through adaLN modulation.
         return self.run(x_t, cross_kv, cross_mask, cond=cond, bias=temb)

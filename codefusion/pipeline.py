@@ -227,7 +227,13 @@ class CodeFusion:
             lengths = self.draw_lengths(enc, mask.to(dev), num_draws, length_candidates)
             known = length_known(lengths, cfg.code_len, cfg.eos_id, cfg.pad_id)
         enc = enc.repeat_interleave(num_draws, dim=0)
-        cross_mask = attention_mask(mask.to(dev)).repeat_interleave(num_draws, dim=0)
+        # No mask at all when no prompt position is padding (one prompt, or prompts of one
+        # length): SDPA can then take its flash kernel. Decided on the host copy: no sync.
+        cross_mask = (
+            None
+            if bool(mask.all())
+            else attention_mask(mask.to(dev)).repeat_interleave(num_draws, dim=0)
+        )
         gen = torch.Generator(device=dev).manual_seed(seed)
         return sample(
             self.model,

@@ -6,25 +6,38 @@ the up-to-1200 denoising steps reuses them. Steps follow DDIM: with ``eta = 0`` 
 of S < T steps is deterministic given x_T; ``eta = 1`` is ancestral sampling.
 
 Fast path (``sample(..., fast=True)`` on CUDA): the loop has fixed shapes, so one denoising step
-(N's forward and the DDIM update, see :func:`ddim_step`) is captured once as a CUDA graph over
-static buffers and replayed for every step, under bf16 autocast; the timestep and the step's
-coefficients are device tensors copied into the graph's inputs before each replay, so one graph
-serves every step of every call of the same shape. ``eta > 0`` works: each step's noise is drawn
-from the caller's generator into a static buffer before the replay, in the plain loop's order.
-On CPU, or with ``cache_cross_kv=False``, ``fast=True`` runs the plain loop.
+(N's forward and the DDIM update, see :func:`ddim_step`) is compiled (``torch.compile``) and
+captured once as a CUDA graph over static buffers, and replayed for every step; the timestep and
+the step's coefficients are device tensors copied into the graph's inputs before each replay,
+so one graph serves every step of every call of the same shape. N runs as a bf16 copy of itself
+(:func:`low_precision_denoiser`, refreshed from the model's weights at each call), not under
+autocast: autocast inside a graph must re-cast every weight at every replay (its cast cache
+is off under capture), a third of the step's kernels. The DDIM update stays fp32. ``eta > 0``
+works: each step's noise is drawn from the caller's generator into a static buffer before the
+replay, in the plain loop's order. Prompt K/V are padded to a bucket of prompt lengths (powers
+of two), masked only when the bucket or the batch has padding: without a mask SDPA can take
+the flash kernel. On CPU, or with ``cache_cross_kv=False``, ``fast=True`` runs the plain loop.
+
+A failed capture (or compilation) warns and runs the step eagerly, a correct but slow fallback;
+under :func:`strict_graphs` or ``CODEFUSION_STRICT_GRAPHS=1`` (the benchmark, the smoke check)
+it is an error instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import os
 import warnings
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from codefusion.diffusion import content_mask
-from codefusion.model import KV, CodeFusionModel
+from codefusion.model import KV, CodeFusionModel, Denoiser
 from codefusion.schedule import SqrtSchedule
 
 
@@ -193,12 +206,15 @@ def ddim_step(
     x0_prev: torch.Tensor | None = None,  # [N, C, Dz]: self-conditioning input
     known_mask: torch.Tensor | None = None,  # [N, C, 1] bool: positions with given tokens
     known_x0: torch.Tensor | None = None,  # [N, C, Dz]: L(given tokens)
+    denoiser: Denoiser | None = None,  # N to run (the fast path's bf16 copy); model's N if None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM step x_t -> (x_prev, x̂0): the plain loop's body with every per-step number a
     tensor, so that a single CUDA graph captured from it serves every step. Replacing x̂0 by
-    L(token) at given positions puts their x_prev on the forward-process path of that token."""
+    L(token) at given positions puts their x_prev on the forward-process path of that token.
+    The update is computed in ``x``'s dtype whatever N's."""
     sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, c_eps, sigma = coef.unbind(0)
-    out = model.denoise(x, t, kv, cross_mask, x0_prev).to(x.dtype)
+    net = model.denoise if denoiser is None else denoiser
+    out = net(x, t, kv, cross_mask, x0_prev).to(x.dtype)
     x0 = out if model.config.prediction == "x0" else (x - sqrt_1m_ab * out) / sqrt_ab
     if table is not None:
         x0 = nearest_embedding(x0, table)
@@ -214,33 +230,108 @@ def ddim_step(
 # --- fast path: one denoising step over static buffers, captured once as a CUDA graph ----------
 
 
-class DenoiseStep:
-    """The fast path's state: static buffers, and :meth:`step`, which reads and writes only them.
+class GraphCaptureError(RuntimeError):
+    """The fast sampler could not compile or capture its step (see :func:`strict_graphs`)."""
 
-    ``step`` is the function the CUDA graph captures: it computes :func:`ddim_step` on ``x`` at
-    ``t`` with ``coef`` (and ``noise``), writes x̂0 to ``x0`` and x_prev over ``x``. Between
-    replays only the buffers' contents change, never their addresses: :meth:`load` fills the
-    per-call ones (x_T, N's cross-attention K/V padded to ``prompt_len`` with the padding masked
-    out, the clamping table), the sampler the per-step ones (``t``, ``coef``, ``noise``).
-    No reference to the model is kept (the graph holds none; ``step`` takes it as an argument).
+
+_STRICT = False
+
+
+@contextlib.contextmanager
+def strict_graphs(strict: bool = True) -> Iterator[None]:
+    """Within this block a step that cannot be compiled or captured as a CUDA graph raises
+    :class:`GraphCaptureError` instead of warning and running eagerly: a benchmark or a smoke
+    check must not time or pass the slow fallback unnoticed. ``CODEFUSION_STRICT_GRAPHS=1``
+    does the same for a whole process."""
+    global _STRICT
+    before, _STRICT = _STRICT, strict
+    try:
+        yield
+    finally:
+        _STRICT = before
+
+
+def graphs_are_strict() -> bool:
+    return _STRICT or os.environ.get("CODEFUSION_STRICT_GRAPHS", "") not in ("", "0")
+
+
+def _fast_path_failed(what: str, e: Exception) -> None:
+    msg = f"{what} failed ({type(e).__name__}: {e}); the fast sampler runs its steps eagerly"
+    if graphs_are_strict():
+        raise GraphCaptureError(msg) from e
+    warnings.warn(msg, stacklevel=4)
+
+
+def prompt_bucket(prompt_len: int, max_prompt_len: int) -> int:
+    """The K/V length of the fast path's static buffers for prompts of ``prompt_len`` tokens:
+    the next power of two (at least 8), at most ``max(max_prompt_len, prompt_len)``. A few
+    graphs cover every length, and a prompt whose length is a bucket needs no mask."""
+    bucket = 8
+    while bucket < prompt_len:
+        bucket *= 2
+    return min(bucket, max(max_prompt_len, prompt_len))
+
+
+# A low-precision copy of N per model, for the fast path. Rebuilt when the model's weights move
+# (another address, device or dtype); otherwise refreshed in place from the model at every call,
+# one foreach copy, so that it follows training, EMA swaps and loads however they write (a
+# graph captured on the copy reads its weights by address).
+_COPIES: weakref.WeakKeyDictionary[CodeFusionModel, tuple[tuple, Denoiser]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def low_precision_denoiser(model: CodeFusionModel, dtype: torch.dtype) -> Denoiser:
+    """N in ``dtype`` with the model's current weights, in the model's train/eval mode."""
+    src = list(model.denoiser.parameters())
+    key = (dtype, tuple(p.data_ptr() for p in src))
+    cached = _COPIES.get(model)
+    if cached is not None and cached[0] == key:
+        net = cached[1]
+        torch._foreach_copy_(list(net.parameters()), src)
+    else:
+        net = copy.deepcopy(model.denoiser)
+        for m in net.modules():
+            # A compiled N's copy would still call N itself (nn.Module.compile in place stores a
+            # compiled bound method of the original): run the copy's own forward.
+            m._compiled_call_impl = None
+        net = net.requires_grad_(False).to(dtype)
+        _COPIES[model] = (key, net)
+    return net.train(model.denoiser.training)
+
+
+class DenoiseStep:
+    """The fast path's state: static buffers, the N it runs, and :meth:`step`, which reads and
+    writes only them.
+
+    ``step`` is the function the CUDA graph captures (compiled first where
+    ``compile_backend`` says): it computes :func:`ddim_step` on ``x`` at ``t`` with ``coef``
+    (and ``noise``), writes x̂0 to ``x0`` and x_prev over ``x``. Between replays only the
+    buffers' contents change, never their addresses: :meth:`load` fills the per-call ones (x_T,
+    N's cross-attention K/V padded to ``prompt_len``, the clamping table), the sampler the
+    per-step ones (``t``, ``coef``, ``noise``). ``net`` is N or its low-precision copy, whose
+    weights the graph reads by address (kept alive here); no reference to the model is kept.
+    ``masked`` False: no cross-attention mask at all (no padded key in any call of this shape).
     """
 
     def __init__(
         self,
         model: CodeFusionModel,
+        net: Denoiser,
         kv: list[KV],  # this call's K/V: shapes and dtype of the static copies
         prompt_len: int,
         x_dtype: torch.dtype,
         clamp: bool,
         with_noise: bool,
-        amp_dtype: torch.dtype | None,
         with_known: bool = False,
+        masked: bool = True,
+        compile_backend: str | None = None,
     ) -> None:
         cfg = model.config
+        self.net, self.prediction_x0 = net, cfg.prediction == "x0"
         self.self_condition = cfg.self_condition
         k0 = kv[0][0]
         n, dev = k0.shape[0], k0.device
-        self.amp_dtype = amp_dtype
         self.x = torch.zeros((n, cfg.code_len, cfg.latent_dim), dtype=x_dtype, device=dev)
         self.x0 = torch.zeros_like(self.x)
         self.t = torch.zeros((n,), dtype=torch.long, device=dev)
@@ -257,13 +348,23 @@ class DenoiseStep:
             )
             for pair in kv
         ]
-        self.mask = torch.ones((n, 1, 1, prompt_len), dtype=torch.bool, device=dev)
+        self.mask = (
+            torch.ones((n, 1, 1, prompt_len), dtype=torch.bool, device=dev) if masked else None
+        )
         self.table = (
             torch.zeros((cfg.vocab_size, cfg.latent_dim), dtype=x_dtype, device=dev)
             if clamp
             else None
         )
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.compiled = False
+        self._run = self.step
+        if compile_backend is not None:
+            try:
+                self._run = torch.compile(self.step, backend=compile_backend, fullgraph=True)
+                self.compiled = True
+            except Exception as e:  # e.g. no compiler for this platform
+                _fast_path_failed("compiling the denoising step", e)
 
     def load(
         self,
@@ -282,11 +383,14 @@ class DenoiseStep:
             for buf, a in zip(static, pair, strict=True):
                 buf[:, :, :s].copy_(a)
                 buf[:, :, s:].zero_()
-        self.mask.zero_()
-        if cross_mask is None:
-            self.mask[..., :s] = True
-        else:
-            self.mask[..., :s].copy_(cross_mask.expand(self.mask.shape[0], 1, 1, s))
+        if self.mask is not None:
+            self.mask.zero_()
+            if cross_mask is None:
+                self.mask[..., :s] = True
+            else:
+                self.mask[..., :s].copy_(cross_mask.expand(self.mask.shape[0], 1, 1, s))
+        elif cross_mask is not None or s != self.kv[0][0].shape[2]:
+            raise ValueError("an unmasked step takes unpadded prompts of its bucket's length")
         self.x.copy_(x)
         self.x0.zero_()
         if self.table is not None:
@@ -296,97 +400,120 @@ class DenoiseStep:
             self.known_x0.copy_(known_x0)
 
     def step(self, model: CodeFusionModel) -> None:
-        """The captured function: one :func:`ddim_step` from and into the static buffers."""
-        # Autocast's weight-cast cache must be off under graph capture: the casts of the fp32
-        # weights are then part of the graph and read the current weights at every replay.
-        with torch.autocast(
-            self.x.device.type,
-            dtype=self.amp_dtype,
-            enabled=self.amp_dtype is not None,
-            cache_enabled=False,
-        ):
-            x_prev, x0 = ddim_step(
-                model,
-                self.x,
-                self.t,
-                self.coef,
-                self.kv,
-                self.mask,
-                self.table,
-                self.noise,
-                x0_prev=self.x0 if self.self_condition else None,
-                known_mask=self.known_mask,
-                known_x0=self.known_x0,
-            )
+        """The captured function: one :func:`ddim_step` from and into the static buffers, N in
+        its own dtype (no autocast) and the update in ``x``'s."""
+        x_prev, x0 = ddim_step(
+            model,
+            self.x,
+            self.t,
+            self.coef,
+            self.kv,
+            self.mask,
+            self.table,
+            self.noise,
+            x0_prev=self.x0 if self.self_condition else None,
+            known_mask=self.known_mask,
+            known_x0=self.known_x0,
+            denoiser=self.net,
+        )
         self.x0.copy_(x0)
         self.x.copy_(x_prev)  # after every read of x: kernels run in stream order
 
+    def warm_up(self, model: CodeFusionModel, runs: int = 2) -> None:
+        """Run the step (compiling it, where it is compiled) before any capture or timing. A
+        compilation that fails here falls back to the eager step (see strict_graphs)."""
+        try:
+            for _ in range(runs):
+                self._run(model)
+        except GraphCaptureError:
+            raise
+        except Exception as e:
+            if not self.compiled:
+                raise
+            _fast_path_failed("compiling the denoising step", e)
+            self._run, self.compiled = self.step, False
+            for _ in range(runs):
+                self._run(model)
+
     def capture(self, model: CodeFusionModel, warmup: int = 2) -> None:
-        """Record :meth:`step` into a CUDA graph. Warm-up runs on a side stream first (lazy
-        cuBLAS/SDPA initialisation and Triton compilation must not happen during capture);
-        their results are overwritten by :meth:`load`."""
+        """Record the step into a CUDA graph. Warm-up runs on a side stream first (lazy
+        cuBLAS/SDPA initialisation, Triton and torch.compile compilation must not happen during
+        capture); their results are overwritten by :meth:`load`."""
         dev = self.x.device
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
-            for _ in range(warmup):
-                self.step(model)
+            self.warm_up(model, warmup)
         torch.cuda.current_stream(dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self.step(model)
+            self._run(model)
         self.graph = graph
 
     def __call__(self, model: CodeFusionModel) -> None:
         if self.graph is not None:
             self.graph.replay()
         else:
-            self.step(model)
+            self._run(model)
 
 
 # One DenoiseStep (and its graph) per model and call shape, reused across calls. Keyed on the
 # denoiser's parameter addresses too: a graph reads weights by address, so moving or replacing
-# them (model.to, a new Parameter) builds a new graph; in-place updates are seen by the old one.
-# Calls of one model share these buffers: do not sample from one model in two threads at once.
+# them (model.to, a new Parameter) builds a new graph; in-place updates are seen by the old one
+# (through the low-precision copy, refreshed at every call). Calls of one model share these
+# buffers: do not sample from one model in two threads at once.
 _STEPS: weakref.WeakKeyDictionary[CodeFusionModel, dict[tuple, DenoiseStep]] = (
     weakref.WeakKeyDictionary()
 )
-_MAX_STEPS_PER_MODEL = 4
+_MAX_STEPS_PER_MODEL = 8  # a few prompt-length buckets, masked or not
 
 
 def _denoise_step_for(
     model: CodeFusionModel,
+    net: Denoiser,
     kv: list[KV],
     prompt_len: int,
     x_dtype: torch.dtype,
     clamp: bool,
     with_noise: bool,
-    amp_dtype: torch.dtype | None,
     use_graph: bool,
     with_known: bool = False,
+    masked: bool = True,
+    compile_backend: str | None = None,
 ) -> DenoiseStep:
     k0 = kv[0][0]
+    net_dtype = next(net.parameters()).dtype
     key = (
-        tuple(k0.shape[:2]) + (prompt_len, k0.dtype, k0.device, x_dtype),
-        (clamp, with_noise, amp_dtype, use_graph, model.training, with_known),
+        tuple(k0.shape[:2]) + (prompt_len, k0.dtype, k0.device, x_dtype, net_dtype),
+        (clamp, with_noise, use_graph, model.training, with_known, masked, compile_backend),
         tuple(p.data_ptr() for p in model.denoiser.parameters()),
+        id(net),
     )
     cache = _STEPS.setdefault(model, {})
     runner = cache.pop(key, None)
     if runner is None:
         runner = DenoiseStep(
-            model, kv, prompt_len, x_dtype, clamp, with_noise, amp_dtype, with_known
+            model,
+            net,
+            kv,
+            prompt_len,
+            x_dtype,
+            clamp,
+            with_noise,
+            with_known,
+            masked,
+            compile_backend,
         )
         if use_graph:
             try:
                 runner.capture(model)
+            except GraphCaptureError:
+                raise
             except Exception as e:  # an op that cannot be captured: still correct, eagerly
-                warnings.warn(
-                    f"CUDA graph capture failed ({type(e).__name__}: {e}); "
-                    "the fast sampler runs its steps eagerly",
-                    stacklevel=3,
-                )
+                _fast_path_failed("CUDA graph capture", e)
                 runner.graph = None
+        else:
+            runner.warm_up(model, runs=1 if runner.compiled else 0)
         while len(cache) >= _MAX_STEPS_PER_MODEL:
             cache.pop(next(iter(cache)))  # least recently used
     cache[key] = runner  # (re)inserted last: most recently used
@@ -405,20 +532,31 @@ def sample_fast(
     clamp: bool = False,
     trace_at: set[int] | None = None,
     use_graph: bool | None = None,
-    amp_dtype: torch.dtype | None | str = "auto",
+    dtype: torch.dtype | None | str = "auto",
     known: Known | None = None,
+    compile_backend: str | None = "auto",
 ) -> SampleOutput:
-    """The fast path of :func:`sample` (cached K/V always). ``use_graph`` None: a CUDA graph on
-    CUDA; ``amp_dtype`` "auto": bf16 on CUDA where supported, else fp32 (None). With
-    ``use_graph=False, amp_dtype=None`` it runs the captured step function eagerly in fp32 and
-    equals the plain loop (the CPU test of the graph path's logic)."""
+    """The fast path of :func:`sample` (cached K/V always).
+
+    ``use_graph`` None: a CUDA graph on CUDA. ``dtype`` "auto": N runs as a bf16 copy on CUDA
+    where supported, else N itself in fp32 (None); D runs once, under autocast in that dtype.
+    ``compile_backend`` "auto": the step is compiled with inductor before capture on CUDA
+    (unless ``CODEFUSION_COMPILE_SAMPLER=0``), not elsewhere (None); tests pass "eager" to check
+    that it traces as one graph. With
+    ``use_graph=False, dtype=None, compile_backend=None`` it runs the captured step function
+    eagerly in fp32 and equals the plain loop (the CPU test of the graph path's logic)."""
     cfg = model.config
     dev = enc.device
     if use_graph is None:
         use_graph = dev.type == "cuda"
-    if amp_dtype == "auto":
+    if dtype == "auto":
         bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
-        amp_dtype = torch.bfloat16 if bf16 else None
+        dtype = torch.bfloat16 if bf16 else None
+    if compile_backend == "auto":
+        # Compiling costs seconds once per shape (less from inductor's on-disk cache): a
+        # single short generate call may rather skip it (CODEFUSION_COMPILE_SAMPLER=0).
+        wanted = os.environ.get("CODEFUSION_COMPILE_SAMPLER", "1") not in ("0", "")
+        compile_backend = "inductor" if dev.type == "cuda" and wanted else None
     n = enc.shape[0]
     # The same first draw as the plain loop: the same x_T for the same generator state.
     x = torch.randn(
@@ -426,19 +564,33 @@ def sample_fast(
     )
 
     def amp() -> torch.autocast:
-        return torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+        return torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None)
 
+    net = model.denoiser if dtype is None else low_precision_denoiser(model, dtype)
+    kv_n = net.cross_kv(enc.to(next(net.parameters()).dtype))  # once per call
     with amp():
-        kv_n, kv_d = model.cross_kv(enc)  # once per call
+        kv_d = model.decoder.cross_kv(enc)
     table = None
     if clamp:
         table = model.embed_code(torch.arange(cfg.vocab_size, device=dev))
     ts = schedule.timesteps(steps)
     t_plan, coef_plan = step_plan(schedule, ts, eta)
-    prompt_len = max(enc.shape[1], cfg.max_prompt_len)  # one graph for every prompt length
+    s = enc.shape[1]
+    prompt_len = prompt_bucket(s, cfg.max_prompt_len)
+    masked = cross_mask is not None or prompt_len != s
     known_mask, known_x0 = known_inputs(model, known)
     runner = _denoise_step_for(
-        model, kv_n, prompt_len, x.dtype, clamp, eta > 0, amp_dtype, use_graph, known is not None
+        model,
+        net,
+        kv_n,
+        prompt_len,
+        x.dtype,
+        clamp,
+        eta > 0,
+        use_graph,
+        known is not None,
+        masked,
+        compile_backend,
     )
     runner.load(x, kv_n, cross_mask, table, known_mask, known_x0)
     trace: list[tuple[int, torch.Tensor]] = []

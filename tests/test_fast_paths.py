@@ -93,7 +93,8 @@ def test_graph_step_function_equals_plain_loop(
         mask,
         torch.Generator().manual_seed(3),
         use_graph=False,
-        amp_dtype=None,
+        dtype=None,
+        compile_backend=None,
         **kw,
     )
     assert len(seen) == 2 * n_plain and n_plain >= 2  # the trace and the final decode
@@ -121,7 +122,8 @@ def test_step_buffers_are_reused_and_rebuilt_when_weights_move(tiny_model):
             mask,
             torch.Generator().manual_seed(2),
             use_graph=False,
-            amp_dtype=None,
+            dtype=None,
+            compile_backend=None,
             **kw,
         )
         plain = sample(m, sched, enc, mask, torch.Generator().manual_seed(2), **kw)
@@ -131,8 +133,8 @@ def test_step_buffers_are_reused_and_rebuilt_when_weights_move(tiny_model):
     run(7)
     (first,) = sampler_mod._STEPS[m].values()
     assert isinstance(first, DenoiseStep) and first.graph is None  # eager here: no CUDA
-    assert first.kv[0][0].shape[2] == m.config.max_prompt_len  # one shape for every prompt
-    run(5)  # another prompt length: the same buffers
+    assert first.kv[0][0].shape[2] == 8  # the bucket of prompts of 5 to 8 tokens
+    run(5)  # another prompt length of the bucket: the same buffers
     assert list(sampler_mod._STEPS[m].values()) == [first]
     with torch.no_grad():  # in-place update: the same buffers still read the new weights
         for p in m.denoiser.parameters():
@@ -143,6 +145,115 @@ def test_step_buffers_are_reused_and_rebuilt_when_weights_move(tiny_model):
         p.data = p.data.clone()
     run(7)
     assert len(sampler_mod._STEPS[m]) == 2 and first in sampler_mod._STEPS[m].values()
+
+
+def _fast(m, sched, enc, mask, **kw):
+    opts = dict(use_graph=False, dtype=None, compile_backend=None)
+    opts.update(kw)
+    return sample_fast(m, sched, enc, mask, torch.Generator().manual_seed(2), steps=6, **opts)
+
+
+def _plain(m, sched, enc, mask):
+    return sample(m, sched, enc, mask, torch.Generator().manual_seed(2), steps=6)
+
+
+@pytest.mark.parametrize("prompt_len, padded", [(8, False), (7, False), (8, True), (20, False)])
+def test_prompt_buckets_drop_the_mask_only_without_padding(tiny_model, prompt_len, padded):
+    """K/V are padded to a power-of-two bucket; a step is unmasked (SDPA's flash kernel) only
+    when neither the bucket nor the batch pads a key, and equals the plain loop either way."""
+    m = tiny_model.model
+    _perturb(m)
+    sampler_mod._STEPS.pop(m, None)
+    enc, mask = _inputs(m, prompt_len)
+    mask = mask if padded else None
+    fast = _fast(m, tiny_model.schedule, enc, mask)
+    plain = _plain(m, tiny_model.schedule, enc, mask)
+    torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=1e-5)
+    assert torch.equal(fast.tokens, plain.tokens)
+    (step,) = sampler_mod._STEPS[m].values()
+    bucket = sampler_mod.prompt_bucket(prompt_len, m.config.max_prompt_len)
+    assert step.kv[0][0].shape[2] == bucket == {7: 8, 8: 8, 20: 32}[prompt_len]
+    assert (step.mask is None) == (not padded and bucket == prompt_len)
+
+
+def test_pipeline_passes_no_mask_for_unpadded_prompts(tiny_model, monkeypatch):
+    seen = []
+    real = sampler_mod.sample
+
+    def spy(model, schedule, enc, cross_mask, *a, **kw):
+        seen.append(cross_mask)
+        return real(model, schedule, enc, cross_mask, *a, **kw)
+
+    monkeypatch.setattr("codefusion.pipeline.sample", spy)
+    tiny_model.sample_draws(["cells greater than 5"], 2, steps=2)
+    tiny_model.sample_draws(["cells greater than 5", "blank"], 2, steps=2)
+    assert seen[0] is None and seen[1] is not None and seen[1].shape[0] == 4
+
+
+def test_low_precision_copy_follows_the_weights_and_never_calls_n(tiny_model):
+    """The fast path's bf16 N: a copy refreshed in place at every call (a graph reads it by
+    address), rebuilt when the weights move; a compiled N's copy runs its own forward."""
+    m = tiny_model.model
+    _perturb(m)
+    m.denoiser.compile(backend="eager")  # as training does (train/run.py: compile_model)
+    a = sampler_mod.low_precision_denoiser(m, torch.bfloat16)
+    assert all(x._compiled_call_impl is None for x in a.modules())
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in a.parameters())
+    with torch.no_grad():
+        for p in m.denoiser.parameters():
+            p.mul_(1.5)
+    b = sampler_mod.low_precision_denoiser(m, torch.bfloat16)
+    assert b is a  # same storage: a captured graph stays valid
+    for pa, pm in zip(a.parameters(), m.denoiser.parameters(), strict=True):
+        assert torch.equal(pa, pm.bfloat16())
+    for p in m.denoiser.parameters():
+        p.data = p.data.clone()
+    assert sampler_mod.low_precision_denoiser(m, torch.bfloat16) is not a
+
+    calls = []
+    m.denoiser.register_forward_pre_hook(lambda *_: calls.append(1))
+    enc, mask = _inputs(m)
+    fast = _fast(m, tiny_model.schedule, enc, mask, dtype=torch.bfloat16)
+    assert calls == []  # N itself never ran: its bf16 copy did, without autocast
+    plain = _plain(m, tiny_model.schedule, enc, mask)
+    torch.testing.assert_close(fast.scores, plain.scores, atol=0.05, rtol=0.05)
+
+
+def test_compiled_step_traces_as_one_graph_and_equals_the_plain_loop(tiny_model):
+    """The step is compiled before capture on CUDA (inductor); here dynamo traces it with the
+    eager backend and fullgraph=True: no graph break (a break would leave eager islands in the
+    captured step), and the same numbers."""
+    torch._dynamo.reset()
+    m = tiny_model.model
+    _perturb(m)
+    sampler_mod._STEPS.pop(m, None)
+    enc, mask = _inputs(m)
+    fast = _fast(m, tiny_model.schedule, enc, mask, compile_backend="eager")
+    (step,) = sampler_mod._STEPS[m].values()
+    assert step.compiled
+    plain = _plain(m, tiny_model.schedule, enc, mask)
+    torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=1e-5)
+    assert torch.equal(fast.tokens, plain.tokens)
+
+
+def test_failed_capture_warns_but_is_an_error_when_strict(tiny_model, monkeypatch):
+    """No CUDA here, so capturing fails: by default a warning and the eager step (correct,
+    slow); under strict_graphs() or CODEFUSION_STRICT_GRAPHS=1 (benchmark, smoke check) an
+    error, so that nobody times or passes the slow fallback unknowingly."""
+    m = tiny_model.model
+    _perturb(m)
+    enc, mask = _inputs(m)
+    sampler_mod._STEPS.pop(m, None)
+    with pytest.warns(UserWarning, match="CUDA graph capture failed"):
+        fast = _fast(m, tiny_model.schedule, enc, mask, use_graph=True)
+    assert torch.equal(fast.tokens, _plain(m, tiny_model.schedule, enc, mask).tokens)
+    sampler_mod._STEPS.pop(m, None)
+    with sampler_mod.strict_graphs(), pytest.raises(sampler_mod.GraphCaptureError):
+        _fast(m, tiny_model.schedule, enc, mask, use_graph=True)
+    sampler_mod._STEPS.pop(m, None)
+    monkeypatch.setenv("CODEFUSION_STRICT_GRAPHS", "1")
+    with pytest.raises(sampler_mod.GraphCaptureError, match="capture"):
+        _fast(m, tiny_model.schedule, enc, mask, use_graph=True)
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
@@ -187,7 +298,7 @@ def test_analytic_training_flops_match_the_flop_counter(name):
 def test_benchmark_quick_mode_writes_both_files(tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, str(BENCH), "--quick", "--device", "cpu", "--preset", "tiny"]
-    cmd += ["--vocab-size", "512", "--train-steps", "2", "--train-warmup", "1"]
+    cmd += ["--vocab-size", "512", "--train-steps", "2", "--train-warmup", "1", "--threads", "1"]
     cmd += ["--sample-steps", "3", "--respaced", "2", "--repeats", "1", "--sample-warmup", "0"]
     cmd += ["--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -210,6 +321,21 @@ def test_benchmark_quick_mode_writes_both_files(tmp_path):
         assert run["reference"]["median_s"] > 0 and run["optimised"]["median_s"] > 0
         assert run["reference"]["options"] == {"fast": False, "cache_cross_kv": False}
         assert run["speedup"]["optimised"] > 0
+    ops = res["op_counts"]
+    train_ops, samp = ops["training"], ops["sampling"]
+    before, now = train_ops["optimised, before"], train_ops["optimised, now"]
+    assert now["dispatched"]["ops"] < before["dispatched"]["ops"]
+    assert now["dispatched"]["host_reads"] < before["dispatched"]["host_reads"]
+    ema_before = train_ops["optimised, before (EMA update alone)"]["dispatched"]
+    ema_now = train_ops["optimised, now (EMA update alone)"]["dispatched"]
+    assert ema_before["host_reads"] == 2 and ema_now["host_reads"] == 0
+    assert ema_now["ops"] <= 2 < ema_before["ops"]  # a foreach lerp vs a loop over tensors
+    fast_before = samp["fast step, before (fp32 N under autocast)"]["dispatched"]
+    fast_now = samp["fast step, now (bf16 copy of N)"]["dispatched"]
+    assert fast_now["ops"] < fast_before["ops"] and fast_now["casts"] < fast_before["casts"]
+    assert fast_before["copies"] > 0 and fast_now["copies"] == 0
+    assert res["memory"]["saved_mib_per_example"] > 0
+    assert "Ops per step" in (out / "results.md").read_text()
     assert res["baseline"]["status"] in ("ok", "unavailable", "skipped", "failed")
     assert set(res["targets"]["met"]) == set(res["targets"]["targets"])
     assert res["targets"]["judged"] is False

@@ -84,14 +84,21 @@ _NORM_SCRIPT = (
     + """
 torch.manual_seed(0)
 
-def case(b, n, d, dtype, rows_per_program=None, eps=1e-5):
-    tag = f"mln B={b} N={n} D={d} {dtype} rows={rows_per_program}"
+def case(b, n, d, dtype, rows_per_program=None, eps=1e-5, strided=False):
+    tag = f"mln B={b} N={n} D={d} {dtype} rows={rows_per_program} strided={strided}"
     if dtype == torch.bfloat16:
         tag += " bf16"
-    x = (torch.randn(b, n, d) * 2 + 0.5).to(dtype).requires_grad_()
-    shift = (0.5 * torch.randn(b, d)).to(dtype).requires_grad_()
-    scale = (0.5 * torch.randn(b, d)).to(dtype).requires_grad_()
-    dy = torch.randn(b, n, d).to(dtype)
+    if strided:  # as in the denoiser: shift/scale are slices of a [B, 9, D] modulation
+        x = (torch.randn(b, n, 2 * d) * 2 + 0.5).to(dtype)[..., d:].requires_grad_()
+        mods = (0.5 * torch.randn(b, 9, d)).to(dtype).unbind(1)
+        shift, scale = mods[3].requires_grad_(), mods[4].requires_grad_()
+        dy = torch.randn(b, 2 * n, d).to(dtype)[:, ::2]
+        assert not (x.is_contiguous() or shift.is_contiguous() or dy.is_contiguous())
+    else:
+        x = (torch.randn(b, n, d) * 2 + 0.5).to(dtype).requires_grad_()
+        shift = (0.5 * torch.randn(b, d)).to(dtype).requires_grad_()
+        scale = (0.5 * torch.randn(b, d)).to(dtype).requires_grad_()
+        dy = torch.randn(b, n, d).to(dtype)
     y = tk.modulated_layer_norm(x, shift, scale, eps, rows_per_program=rows_per_program)
     grads = torch.autograd.grad(y, (x, shift, scale), dy)
     # The reference on the same (dtype-rounded) inputs, computed and differentiated in fp32.
@@ -106,6 +113,8 @@ case(3, 37, 96, torch.float32)                      # D=96 in a 128 block, defau
 case(3, 37, 96, torch.float32, rows_per_program=5)  # 8 programs per example, tail of 2 rows
 case(2, 1, 33, torch.float32, eps=1e-6)             # N=1, odd D
 case(3, 37, 96, torch.bfloat16, rows_per_program=16)
+case(3, 37, 96, torch.float32, rows_per_program=5, strided=True)  # strides, no copies
+case(2, 9, 64, torch.bfloat16, strided=True)
 print("OK")
 """
 )
@@ -305,3 +314,34 @@ def test_reference_shape_errors():
             torch.zeros(3, dtype=torch.long),
             torch.ones(3),
         )
+
+
+def test_kernel_loops_have_compile_time_trip_counts():
+    """Triton 3.6's interpreter with numpy >= 2.4 cannot turn a runtime scalar into a Python int
+    ("only 0-dimensional arrays can be converted to Python scalars"), so ``range`` over a
+    runtime bound fails there (it passes on 3.9). Every loop in a kernel must run over a
+    ``tl.constexpr`` parameter; the kernel tests above then pass on either version (checked with
+    ``pip install --target DIR triton==3.6.0`` and ``PYTHONPATH=DIR``)."""
+    import ast
+    import inspect
+
+    from codefusion.kernels import triton_kernels as tk
+
+    tree = ast.parse(inspect.getsource(tk))
+    kernels = [
+        f
+        for f in tree.body
+        if isinstance(f, ast.FunctionDef)
+        and any(ast.unparse(d) == "triton.jit" for d in f.decorator_list)
+    ]
+    assert len(kernels) == 4
+    for f in kernels:
+        constexpr = {
+            a.arg for a in f.args.args if a.annotation and "constexpr" in ast.unparse(a.annotation)
+        }
+        for node in ast.walk(f):
+            if isinstance(node, ast.For):
+                call = node.iter
+                assert isinstance(call, ast.Call) and ast.unparse(call.func) == "range", f.name
+                bounds = [ast.unparse(a) for a in call.args]
+                assert len(bounds) == 1 and bounds[0] in constexpr, (f.name, bounds)

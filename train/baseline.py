@@ -57,6 +57,8 @@ class BaselineModule(CodeFusionModule):
         warmup_steps: int = 100,
         max_steps: int = 1000,
         on_nan: str = "stop",
+        log_every: int = 1,
+        ckpt_every: int | None = None,
     ) -> None:
         # CodeFusionModule.__init__ builds the diffusion schedule from a CodeFusionConfig, which a
         # T5 config does not have: set up the same attributes directly.
@@ -66,5 +68,6 @@ class BaselineModule(CodeFusionModule):
         self.objective = Seq2SeqObjective(cfg.pad_token_id, cfg.eos_token_id)
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.max_steps, self.on_nan = warmup_steps, max_steps, on_nan
+        self.log_every, self.ckpt_every = max(1, log_every), ckpt_every
         self.skipped_nonfinite = 0
         self.embedding_lr_mult, self.diagnostics = 1.0, False

@@ -124,7 +124,9 @@ class RunConfig:
     num_nodes: int = 1  # machines; the run has devices x num_nodes processes under DDP
     strategy: str = "auto"  # e.g. "ddp" for several GPUs (Lightning's own strategies)
     precision: str = "auto"
-    compile: bool = False  # torch.compile the model (pays on GPU for long runs)
+    # torch.compile E, N and D in place (train/run.py: compile_model); pays on GPU for long runs.
+    compile: bool = False
+    compile_backend: str = "inductor"  # tests and CPU smoke runs: "eager" / "aot_eager"
 
     @property
     def run_dir(self) -> Path:

@@ -56,9 +56,12 @@ class PretrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.snippets)
 
-    def __getitem__(self, i: int) -> Row:
+    def __getitem__(self, i: int | tuple[int, int]) -> Row:
+        # (epoch, index) from EpochTagged: a persistent worker's copy of this dataset never
+        # sees set_epoch, so the epoch travels with the index.
+        epoch, i = i if isinstance(i, tuple) else (self.epoch, i)
         code = self.snippets[i]
-        rng = random.Random(f"{self.seed}/{self.epoch}/{i}")
+        rng = random.Random(f"{self.seed}/{epoch}/{i}")
         if rng.random() < self.uncond_ratio:
             return Row("", code, uncond=True)
         return Row(mask_code(code, self.lang, self.mask_rate, rng, self.mask_token), code)
@@ -73,8 +76,27 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, i: int) -> Row:
-        return Row(*self.pairs[i])
+    def __getitem__(self, i: int | tuple[int, int]) -> Row:
+        return Row(*self.pairs[i[1] if isinstance(i, tuple) else i])
+
+
+class EpochTagged(Sampler[tuple[int, int]]):
+    """A sampler's indices as ``(epoch, index)``: what the data of an index is depends on the
+    epoch (PretrainDataset), and persistent workers hold copies of the dataset made before the
+    first epoch. Lightning's ``set_epoch`` reaches the wrapped sampler through this one."""
+
+    def __init__(self, sampler: ResumableSampler) -> None:
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        return ((epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 class Collator:
@@ -279,15 +301,26 @@ class CodeFusionDataModule(L.LightningDataModule):
             # requires); the module syncs its metrics. DistributedSampler pads the shards to
             # equal lengths with a few repeated rows, which are then counted twice.
             sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=False)
+        workers = self.num_workers
+        if shuffle and workers > 0:
+            # Tokenising and masking a batch of 512+ rows takes tens of milliseconds of Python,
+            # longer than a GPU step: it runs in workers that live for the whole fit (restarting
+            # them at every epoch would stall CF's epochs of a few steps each).
+            sampler = EpochTagged(sampler)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
             sampler=sampler,
             generator=gen,
             collate_fn=self.collate,
-            num_workers=self.num_workers,
+            num_workers=workers,
+            persistent_workers=shuffle and workers > 0,
+            pin_memory=workers > 0 and self._on_cuda(),  # then copied with non_blocking=True
             drop_last=drop_last,
         )
+
+    def _on_cuda(self) -> bool:
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

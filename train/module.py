@@ -39,6 +39,8 @@ class CodeFusionModule(L.LightningModule):
         on_nan: str = "stop",
         embedding_lr_mult: float = 1.0,
         diagnostics: bool = True,
+        log_every: int = 1,
+        ckpt_every: int | None = None,
         **objective_options: Any,
     ) -> None:
         super().__init__()
@@ -51,7 +53,15 @@ class CodeFusionModule(L.LightningModule):
         self.embedding_lr_mult, self.diagnostics = embedding_lr_mult, diagnostics
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.max_steps, self.on_nan = warmup_steps, max_steps, on_nan
+        self.log_every, self.ckpt_every = max(1, log_every), ckpt_every
         self.skipped_nonfinite = 0
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int):
+        if isinstance(batch, Batch) and device.type == "cuda":
+            # Lightning moves a custom batch with a blocking copy; from pinned memory (data
+            # workers, train/data.py) this one overlaps the previous step's kernels.
+            return batch.to(device, non_blocking=True)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_train_epoch_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -101,16 +111,36 @@ class CodeFusionModule(L.LightningModule):
     def on_train_start(self) -> None:
         self._ema_final = None  # training runs: the EMA callback's on_train_end does the copy
 
+    def reads_loss(self) -> bool:
+        """Whether this step reads its loss on the host (a device sync on a GPU).
+
+        ``on_nan: skip`` needs the verdict before the backward of every step. Otherwise the
+        step runs without a host read, and the loss is read (logged and checked) only where
+        Lightning writes logs (``(step + 1) % log_every == 0``), before a checkpoint is written
+        and at the last step: a NaN stops the run at the next such step at the latest, never
+        after it reached a checkpoint or the export (NaN weights give a NaN loss from then on).
+        """
+        if self.on_nan == "skip":
+            return True
+        done = self.global_step + 1  # optimizer steps after this one
+        return (
+            done % self.log_every == 0
+            or (self.ckpt_every is not None and done % self.ckpt_every == 0)
+            or done >= self.max_steps
+        )
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         out = self.objective(self.model, batch)
         loss = out["loss"]
+        if not self.reads_loss():
+            return loss  # the hot path: nothing read on the host, nothing logged
         terms = torch.stack([v.detach().float() for v in out.values()])
         if self.trainer.world_size > 1:
             # One all-reduce of a few scalars per step (small beside the gradients' own) gives
             # the logs the terms of the global batch, the one the optimizer steps on, and every
             # rank the same verdict on a non-finite loss: a NaN anywhere makes the mean NaN
             # everywhere. A rank that skipped or stopped alone would leave the others waiting in
-            # DDP's gradient all-reduce.
+            # DDP's gradient all-reduce. (Every rank reads on the same steps: reads_loss.)
             terms = self.trainer.strategy.reduce(terms, reduce_op="mean")
         stats = dict(zip(out, terms, strict=True))
         if not torch.isfinite(stats["loss"]):
@@ -130,17 +160,46 @@ class CodeFusionModule(L.LightningModule):
                 # gradients before the step (on_before_optimizer_step), as on one process.
                 self._drop_grads = True
                 return loss * 0
-            raise NonFiniteLossError(
-                f"non-finite loss ({stats['loss'].item()}) at step {step}; stopping (on_nan=stop)"
+            every = (
+                "" if self.log_every == 1 else f" (the loss is read every {self.log_every} steps)"
             )
-        # Already global (see above): logged by rank zero without a further sync.
-        self.log_dict(
-            {f"train/{k}": v for k, v in stats.items()},
-            prog_bar=False,
-            batch_size=batch.code_ids.shape[0],
-        )
-        self.log("loss", stats["loss"], prog_bar=True, logger=False)
+            raise NonFiniteLossError(
+                f"non-finite loss ({stats['loss'].item()}) at step {step}{every}; "
+                "stopping (on_nan=stop)"
+            )
+        if (self.global_step + 1) % self.log_every == 0:
+            # Already global (see above): logged by rank zero without a further sync.
+            self.log_dict(
+                {f"train/{k}": v for k, v in stats.items()},
+                prog_bar=False,
+                batch_size=batch.code_ids.shape[0],
+            )
+            self.log("loss", stats["loss"], prog_bar=True, logger=False)
         return loss
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip the gradients directly unless a gradient scaler is at work.
+
+        Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales
+        gradients itself (``AdamW(fused=True)``, "does not allow for gradient clipping"), even
+        under bf16-mixed, which has no scaler: there the gradients are the true ones and
+        clipping them is sound. With fp16's scaler (``16-mixed``) the optimizer is not fused
+        (:meth:`configure_optimizers`) and Lightning unscales before clipping, as usual."""
+        if not gradient_clip_val:
+            return
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        grads = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if str(gradient_clip_algorithm or "norm") == "value":
+            torch.nn.utils.clip_grad_value_(grads, gradient_clip_val, foreach=True)
+        else:  # one foreach norm, no host read (error_if_nonfinite=False)
+            torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val, foreach=True)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if getattr(self, "_drop_grads", False):
@@ -183,7 +242,10 @@ class CodeFusionModule(L.LightningModule):
         ]
 
     def configure_optimizers(self):
-        fused = self.device.type == "cuda" or torch.cuda.is_available()
+        # Fused AdamW (one kernel per step) on GPUs, except with fp16's gradient scaler: a fused
+        # optimizer unscales inside its step, after Lightning would have to clip.
+        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
+        fused = (self.device.type == "cuda" or torch.cuda.is_available()) and scaler is None
         opt = torch.optim.AdamW(
             self.param_groups(), lr=self.lr, weight_decay=self.weight_decay, fused=fused or None
         )

@@ -83,6 +83,27 @@ def ensure_tokenizer(cfg: RunConfig) -> CodeTokenizer:
     return tok
 
 
+def compile_model(model: torch.nn.Module, backend: str = "inductor") -> list[torch.nn.Module]:
+    """``torch.compile`` the modules whose ``forward`` training calls, in place.
+
+    Compiling the CodeFusion model object compiled nothing (the objective calls ``encode``,
+    ``denoise`` and ``decode``, not ``forward``) and wrapped it, which prefixed every weight
+    name with ``_orig_mod.``: the strict loader then refused the pre-training export. Here E, N
+    and D are compiled (``nn.Module.compile``: the module stays itself, weight names are
+    unchanged); the baseline's objective calls the T5 model itself. Returns the compiled
+    modules."""
+    from codefusion.model import CodeFusionModel
+
+    parts = (
+        [model.encoder, model.denoiser, model.decoder]
+        if isinstance(model, CodeFusionModel)
+        else [model]
+    )
+    for part in parts:
+        part.compile(backend=backend)
+    return parts
+
+
 def _precision(cfg: RunConfig) -> str:
     if cfg.precision != "auto":
         return cfg.precision
@@ -96,7 +117,7 @@ def trainer_for(
     progress: bool = True,
     extra_callbacks: list | None = None,
 ) -> L.Trainer:
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
     callbacks: list = [
@@ -115,6 +136,10 @@ def trainer_for(
         from train.ema import EMA
 
         callbacks.append(EMA(st.ema_decay))
+    if progress:
+        # Refreshed (and the loss read from the device) every log_every steps, when the module
+        # logs it; Lightning's default (Rich) bar reads its metrics at every step.
+        callbacks.append(TQDMProgressBar(refresh_rate=st.log_every))
     loggers: list = [CSVLogger(stage_dir, name="logs")]
     try:
         import tensorboard  # noqa: F401  (optional dependency)
@@ -180,7 +205,7 @@ def run_stage(
         mcfg = dict(cfg.model)
         model = build_model(preset(mcfg.pop("preset", "paper"), **mcfg), tok, cfg.encoder_path)
     if cfg.compile:
-        model = torch.compile(model)  # type: ignore[assignment]
+        compile_model(model, cfg.compile_backend)
     mc = model.config
     dm = CodeFusionDataModule(
         stage,
@@ -214,6 +239,8 @@ def run_stage(
         warmup_steps=st.warmup_steps,
         max_steps=st.max_steps,
         on_nan=st.on_nan,
+        log_every=st.log_every,
+        ckpt_every=st.ckpt_every,
         **({} if ar else objective),
     )
     extra = []

@@ -9,8 +9,8 @@ Two operations dominate memory traffic without doing much arithmetic:
   never materialises the ``[N, V]`` logits in fp32 at once; it streams row chunks through an
   online-logsumexp kernel and recomputes them chunk by chunk in the backward.
 
-Each public function dispatches: on CUDA tensors (Triton installed, dtype fp32/bf16/fp16) it
-runs the Triton kernels of :mod:`codefusion.kernels.triton_kernels`, elsewhere the plain
+Each public function dispatches: on CUDA tensors (Triton installed, dtype fp32/bf16/fp16, not
+inside ``torch.compile``) it runs the Triton kernels of :mod:`codefusion.kernels.triton_kernels`, elsewhere the plain
 PyTorch references of :mod:`codefusion.kernels.reference`. Triton is optional: without it this
 package imports fine and always uses the references. Setting ``CODEFUSION_DISABLE_TRITON=1``
 forces the references too (useful to bisect a numerical difference).
@@ -46,7 +46,11 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
     """Whether the Triton path would be taken for these (floating-point) tensors: Triton is
     installed, not disabled by ``CODEFUSION_DISABLE_TRITON``, and every tensor is a CUDA tensor
     of a dtype the kernels support."""
-    if not HAS_TRITON or os.environ.get("CODEFUSION_DISABLE_TRITON", "") not in ("", "0"):
+    if not HAS_TRITON or torch.compiler.is_compiling():
+        # Under torch.compile the references are traced instead: inductor fuses them into its
+        # own kernels (the same single pass), and no opaque launch interrupts its graph.
+        return False
+    if os.environ.get("CODEFUSION_DISABLE_TRITON", "") not in ("", "0"):
         return False
     present = [t for t in tensors if t is not None]
     return bool(present) and all(t.is_cuda and t.dtype in _TRITON_DTYPES for t in present)

@@ -53,28 +53,33 @@ _CHUNK_ELEMENTS = 1 << 24
 # ---------------------------------------------------------------------------------------------
 @triton.jit
 def _mln_fwd_kernel(
-    X,  # [B*N, D] input, contiguous
-    SHIFT,  # [B, D]
-    SCALE,  # [B, D]
-    Y,  # [B*N, D] output
+    X,  # [B, N, D] input, strides (stride_xb, stride_xn, 1)
+    SHIFT,  # [B, D], strides (stride_sb, 1)
+    SCALE,  # [B, D], strides (stride_cb, 1)
+    Y,  # [B*N, D] output, contiguous
     MEAN,  # [B*N] fp32
     RSTD,  # [B*N] fp32
     N,
     D,
+    stride_xb,
+    stride_xn,
+    stride_sb,
+    stride_cb,
     eps,
     BLOCK_D: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     b = row // N
+    n = row % N
     cols = tl.arange(0, BLOCK_D)
     mask = cols < D
-    x = tl.load(X + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + b * stride_xb + n * stride_xn + cols, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=0) / D
     xc = tl.where(mask, x - mean, 0.0)
     var = tl.sum(xc * xc, axis=0) / D
     rstd = 1.0 / tl.sqrt(var + eps)
-    shift = tl.load(SHIFT + b * D + cols, mask=mask, other=0.0).to(tl.float32)
-    scale = tl.load(SCALE + b * D + cols, mask=mask, other=0.0).to(tl.float32)
+    shift = tl.load(SHIFT + b * stride_sb + cols, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.load(SCALE + b * stride_cb + cols, mask=mask, other=0.0).to(tl.float32)
     y = xc * rstd * (1.0 + scale) + shift
     tl.store(Y + row * D + cols, y.to(Y.dtype.element_ty), mask=mask)
     tl.store(MEAN + row, mean)
@@ -83,46 +88,61 @@ def _mln_fwd_kernel(
 
 @triton.jit
 def _mln_bwd_kernel(
-    DY,  # [B*N, D] upstream gradient, contiguous
-    X,  # [B*N, D]
-    SCALE,  # [B, D]
+    DY,  # [B, N, D] upstream gradient, strides (stride_dyb, stride_dyn, 1)
+    X,  # [B, N, D], strides (stride_xb, stride_xn, 1)
+    SCALE,  # [B, D], strides (stride_cb, 1)
     MEAN,  # [B*N] fp32
     RSTD,  # [B*N] fp32
-    DX,  # [B*N, D] output
+    DX,  # [B*N, D] output, contiguous
     DSHIFT_PART,  # [B, CHUNKS, D] fp32 partial sums
     DSCALE_PART,  # [B, CHUNKS, D] fp32 partial sums
     N,
     D,
-    ROWS,  # rows of one batch element handled by one program
     CHUNKS,
+    stride_dyb,
+    stride_dyn,
+    stride_xb,
+    stride_xn,
+    stride_cb,
+    ROWS: tl.constexpr,  # rows of one batch element handled by one program
     BLOCK_D: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     cols = tl.arange(0, BLOCK_D)
     mask = cols < D
-    one_plus_scale = 1.0 + tl.load(SCALE + b.to(tl.int64) * D + cols, mask=mask, other=0.0).to(
+    one_plus_scale = 1.0 + tl.load(SCALE + b * stride_cb + cols, mask=mask, other=0.0).to(
         tl.float32
     )
     dshift = tl.zeros([BLOCK_D], dtype=tl.float32)
     dscale = tl.zeros([BLOCK_D], dtype=tl.float32)
-    n_start = c * ROWS
-    n_end = tl.minimum(n_start + ROWS, N)
-    for n in range(n_start, n_end):
-        row = b.to(tl.int64) * N + n
-        x = tl.load(X + row * D + cols, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + row * D + cols, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(MEAN + row)
-        rstd = tl.load(RSTD + row)
-        xhat = tl.where(mask, (x - mean) * rstd, 0.0)
+    # A constexpr trip count with the tail masked, not range(start, runtime end): the loop
+    # bound is then a plain int under the interpreter too, where triton 3.6 with numpy >= 2.4
+    # cannot turn a runtime scalar into a Python int.
+    for i in range(ROWS):
+        n = c * ROWS + i
+        # The columns of row n, none past the tail. (One comparison of the block with a scalar:
+        # ``mask & (n < N)`` would mix a block and a scalar, which the interpreter turns into
+        # integers that tl.load refuses as a mask.)
+        lmask = cols < tl.where(n < N, D, 0)
+        row = b * N + n
+        x = tl.load(X + b * stride_xb + n * stride_xn + cols, mask=lmask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + b * stride_dyb + n * stride_dyn + cols, mask=lmask, other=0.0).to(
+            tl.float32
+        )
+        # Past the tail: the last row's statistics (in bounds), unused since x and dy are zero.
+        stat = b * N + tl.minimum(n, N - 1)
+        mean = tl.load(MEAN + stat)
+        rstd = tl.load(RSTD + stat)
+        xhat = tl.where(lmask, (x - mean) * rstd, 0.0)
         g = dy * one_plus_scale  # d loss / d xhat
         c1 = tl.sum(xhat * g, axis=0) / D
         c2 = tl.sum(g, axis=0) / D
         dx = (g - xhat * c1 - c2) * rstd
-        tl.store(DX + row * D + cols, dx.to(DX.dtype.element_ty), mask=mask)
-        dshift += dy
+        tl.store(DX + row * D + cols, dx.to(DX.dtype.element_ty), mask=lmask)
+        dshift += dy  # zero past the tail (masked loads)
         dscale += dy * xhat
-    part = (b.to(tl.int64) * CHUNKS + c) * D + cols
+    part = (b * CHUNKS + c) * D + cols
     tl.store(DSHIFT_PART + part, dshift, mask=mask)
     tl.store(DSCALE_PART + part, dscale, mask=mask)
 
@@ -142,7 +162,16 @@ def _default_rows_per_program(x: torch.Tensor) -> int:
     else:  # interpreter: a few programs per batch element, enough to exercise the tail
         target = 8
     chunks_per_batch = max(1, triton.cdiv(target, max(b, 1)))
-    return max(1, triton.cdiv(n, chunks_per_batch))
+    # A power of two: the row count is a compile-time constant of the backward kernel, so this
+    # bounds the number of variants compiled over batch sizes and canvases.
+    return triton.next_power_of_2(max(1, triton.cdiv(n, chunks_per_batch)))
+
+
+def _rows_view(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its last dim is contiguous (the kernels take the other strides), else a
+    contiguous copy. The denoiser's shift/scale are [B, D] slices of a [B, 9, D] modulation: no
+    copy for them (there were two per norm, 60 per denoising step of the paper model)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _mln_forward(
@@ -155,7 +184,21 @@ def _mln_forward(
     rstd = torch.empty((b * n,), dtype=torch.float32, device=x.device)
     if b * n > 0:
         _mln_fwd_kernel[(b * n,)](
-            x, shift, scale, y, mean, rstd, n, d, eps, BLOCK_D=block, num_warps=num_warps
+            x,
+            shift,
+            scale,
+            y,
+            mean,
+            rstd,
+            n,
+            d,
+            x.stride(0),
+            x.stride(1),
+            shift.stride(0),
+            scale.stride(0),
+            eps,
+            BLOCK_D=block,
+            num_warps=num_warps,
         )
     return y, mean, rstd
 
@@ -172,7 +215,7 @@ def _mln_backward(
     block, num_warps = _norm_block(d)
     rows = rows_per_program or _default_rows_per_program(x)
     chunks = max(1, triton.cdiv(n, rows))
-    dx = torch.empty_like(x)
+    dx = torch.empty((b, n, d), dtype=x.dtype, device=x.device)
     dshift_part = torch.empty((b, chunks, d), dtype=torch.float32, device=x.device)
     dscale_part = torch.empty((b, chunks, d), dtype=torch.float32, device=x.device)
     if b * n > 0:
@@ -187,8 +230,13 @@ def _mln_backward(
             dscale_part,
             n,
             d,
-            rows,
             chunks,
+            dy.stride(0),
+            dy.stride(1),
+            x.stride(0),
+            x.stride(1),
+            scale.stride(0),
+            ROWS=rows,
             BLOCK_D=block,
             num_warps=num_warps,
         )
@@ -201,7 +249,7 @@ def _mln_backward(
 class _ModulatedLayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, shift, scale, eps, rows_per_program):
-        x, shift, scale = x.contiguous(), shift.contiguous(), scale.contiguous()
+        x, shift, scale = _rows_view(x), _rows_view(shift), _rows_view(scale)
         y, mean, rstd = _mln_forward(x, shift, scale, eps)
         ctx.save_for_backward(x, scale, mean, rstd)
         ctx.shift_dtype = shift.dtype
@@ -213,7 +261,7 @@ class _ModulatedLayerNorm(torch.autograd.Function):
     def backward(ctx, dy):
         x, scale, mean, rstd = ctx.saved_tensors
         dx, dshift, dscale = _mln_backward(
-            dy.contiguous(), x, scale, mean, rstd, ctx.rows_per_program
+            _rows_view(dy), x, scale, mean, rstd, ctx.rows_per_program
         )
         return dx, dshift.to(ctx.shift_dtype), dscale.to(scale.dtype), None, None
 
@@ -252,6 +300,7 @@ def _ce_lse_kernel(
     LOSS,  # [n] fp32 out: lse - logit[target]
     V,
     BLOCK_V: tl.constexpr,
+    V_BLOCKS: tl.constexpr,  # cdiv(V, BLOCK_V): a constant trip count (see _mln_bwd_kernel)
 ):
     row = tl.program_id(0).to(tl.int64)
     base = LOGITS + row * stride
@@ -259,8 +308,8 @@ def _ce_lse_kernel(
     m = float("-inf")  # running max
     s = 0.0  # running sum of exp(z - m)
     target_logit = 0.0
-    for start in range(0, V, BLOCK_V):
-        offs = start + tl.arange(0, BLOCK_V)
+    for i in range(V_BLOCKS):
+        offs = i * BLOCK_V + tl.arange(0, BLOCK_V)
         mask = offs < V
         z = tl.load(base + offs, mask=mask, other=float("-inf")).to(tl.float32)
         m_new = tl.maximum(m, tl.max(z, axis=0))
@@ -281,14 +330,15 @@ def _ce_grad_kernel(
     COEF,  # [n] fp32: position weight * upstream gradient
     V,
     BLOCK_V: tl.constexpr,
+    V_BLOCKS: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     base = LOGITS + row * stride
     target = tl.load(TARGETS + row)
     lse = tl.load(LSE + row)
     coef = tl.load(COEF + row)
-    for start in range(0, V, BLOCK_V):
-        offs = start + tl.arange(0, BLOCK_V)
+    for i in range(V_BLOCKS):
+        offs = i * BLOCK_V + tl.arange(0, BLOCK_V)
         mask = offs < V
         z = tl.load(base + offs, mask=mask, other=0.0).to(tl.float32)
         p = tl.exp(z - lse)
@@ -345,6 +395,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 loss[s:e],
                 v,
                 BLOCK_V=block,
+                V_BLOCKS=triton.cdiv(v, block),
                 num_warps=num_warps,
             )
         total = (loss * position_weights.to(torch.float32)).sum()
@@ -391,6 +442,7 @@ def _lce_backward(ctx, saved, grad_out):
                 coef[s:e],
                 v,
                 BLOCK_V=block,
+                V_BLOCKS=triton.cdiv(v, block),
                 num_warps=num_warps,
             )
             if gh is not None:
