@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "ablation",
         help="train and score a plan of configurations (eval/ablation.py), one table",
     )
-    ab.add_argument("plan", help="ablation plan (YAML), e.g. configs/ablation-cf-small.yaml")
+    ab.add_argument("plan", help="ablation plan (YAML), e.g. configs/ablation/cf-small.yaml")
     ab.add_argument("--out", required=True, help="results folder")
     ab.add_argument("--only", nargs="+", help="run only these rows (others: table only)")
     ab.add_argument("--data", help="benchmark data folder (default: $CODEFUSION_DATA)")

@@ -25,7 +25,9 @@ WORLD = 2
 # Rows after the held-out share: 8 distinct snippets - 2 = 6 (3 per rank, one batch of 3);
 # 32 pairs - 2 = 30 (15 per rank, three batches of 5). Even counts: the shards cover it all.
 PRETRAIN = dict(max_steps=4, batch_size=3, val_fraction=0.25, val_every=2, ckpt_every=2)
-FINETUNE = dict(max_steps=10, batch_size=5, val_fraction=0.0625, val_every=4, ckpt_every=2)
+FINETUNE = dict(
+    max_steps=10, batch_size=5, val_fraction=0.0625, holdout="row", val_every=4, ckpt_every=2
+)
 SIZES = {"pretrain": 6, "finetune": 30}
 COMMON = dict(warmup_steps=2, log_every=1, ema_decay=0.9)
 

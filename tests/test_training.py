@@ -90,7 +90,13 @@ def test_every_shipped_config_loads():
 
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
     assert len(configs) >= 6
-    for path in configs:
+    from eval.ablation import load_plan, resolve_rows
+
+    for plan in sorted((Path(__file__).parents[1] / "configs" / "ablation").glob("*.yaml")):
+        rows = resolve_rows(load_plan(plan))  # every row's overrides load as a run config
+        for row in rows:
+            load_run_config(Path(__file__).parents[1] / load_plan(plan)["base"], row["set"])
+    for path in configs:  # (ablation plans live in configs/ablation/ and are not run configs)
         cfg = load_run_config(path)
         preset_name = cfg.model["preset"]
         assert preset_name in PRESETS or preset_name.startswith("ar-"), path
