@@ -49,6 +49,12 @@ class CodeFusionConfig:
     # way, so this only sets how fast AdamW turns the rows: at std 1 a step of size lr turns a
     # row by about lr / sqrt(Dz) radians and L stays close to a random codebook.
     embedding_init_std: float = 1.0
+    # Tie L (and H) to E's token embedding: L(y) = normalise(E_emb(y) W) and H scores a point
+    # by its dot product with every L(v). A number or name in the prompt and the same token in
+    # the code then share one representation (T5 ties its encoder, decoder and output tables
+    # alike), so copying from the prompt needs no per-token mapping learnt from the pairs, and
+    # tokens that occur in prompts but rarely in code targets still get a trained L row.
+    tie_embeddings: bool = False
     # Self-conditioning (Chen et al., Analog Bits): N also reads its own previous estimate of x0.
     self_condition: bool = False
     # A length head on E(s): predicts the number of code tokens, so that sampling can fix the

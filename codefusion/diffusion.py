@@ -190,9 +190,9 @@ class CodeFusionObjective:
         noise = (self.noise_weight(snr)[:, None] * x0_err * w).sum() / rows
         decoder = ((h - x0).float().pow(2).mean(-1) * w).sum() / rows
         # H + cross-entropy; on CUDA a fused kernel that never holds [B*C, V] fp32 logits.
-        head = model.head
+        weight, bias = model.head_weight_bias()
         ce = linear_cross_entropy(
-            h.flatten(0, 1), head.weight, head.bias, batch.code_ids.flatten(), w.flatten()
+            h.flatten(0, 1), weight, bias, batch.code_ids.flatten(), w.flatten()
         )
         ce = ce / rows
         a, b, c = self.weights

@@ -231,9 +231,16 @@ class CodeFusionModel(nn.Module):
         kv_dim = self.encoder.config.d_model
         self.denoiser = Denoiser(cfg, kv_dim)  # N
         self.decoder = Decoder(cfg, kv_dim)  # D
-        self.head = nn.Linear(cfg.latent_dim, cfg.vocab_size)  # H
-        self.code_embedding = nn.Embedding(cfg.vocab_size, cfg.latent_dim)  # L
-        nn.init.normal_(self.code_embedding.weight, std=cfg.embedding_init_std)
+        if cfg.tie_embeddings:
+            # L = E's token table through a projection; H = a scaled dot product with L's rows.
+            self.code_proj = nn.Linear(kv_dim, cfg.latent_dim, bias=False)  # L
+            self.head_scale = nn.Parameter(torch.tensor(1.0 / math.sqrt(cfg.latent_dim)))  # H
+            self.head_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+            self.head = self.code_embedding = None
+        else:
+            self.head = nn.Linear(cfg.latent_dim, cfg.vocab_size)  # H
+            self.code_embedding = nn.Embedding(cfg.vocab_size, cfg.latent_dim)  # L
+            nn.init.normal_(self.code_embedding.weight, std=cfg.embedding_init_std)
         # Length head on E(s): classes 0..code_len (the number of code tokens before </s>).
         self.length_head = (
             nn.Sequential(nn.Linear(kv_dim, kv_dim), nn.GELU(), nn.Linear(kv_dim, cfg.code_len + 1))
@@ -256,8 +263,27 @@ class CodeFusionModel(nn.Module):
         Normalising fixes the signal scale against the unit-variance noise: a free embedding
         can shrink towards zero, where every diffusion loss term becomes trivially small.
         """
-        e = self.code_embedding(code_ids)
+        if self.config.tie_embeddings:
+            e = self.code_proj(self.encoder.get_input_embeddings()(code_ids))
+        else:
+            e = self.code_embedding(code_ids)
         return F.normalize(e, dim=-1) * math.sqrt(e.shape[-1])
+
+    def code_table(self) -> torch.Tensor:
+        """L of every token: [V, Dz] (what clamping and the tied head compare against)."""
+        ids = torch.arange(self.config.vocab_size, device=self.encoder.device)
+        return self.embed_code(ids)
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """L's own parameters (its table, or the projection of E's table when tied)."""
+        owner = self.code_proj if self.config.tie_embeddings else self.code_embedding
+        return list(owner.parameters())
+
+    def head_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """H as a linear map ``h @ weight.T + bias`` ([V, Dz], [V]), tied or not."""
+        if self.config.tie_embeddings:
+            return self.code_table() * self.head_scale, self.head_bias
+        return self.head.weight, self.head.bias
 
     def cross_kv(self, enc: torch.Tensor) -> tuple[list[KV], list[KV]]:
         """Cross-attention keys/values of E's output for N and for D."""
@@ -282,7 +308,10 @@ class CodeFusionModel(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """H: [B, C, Dz] -> [B, C, V]."""
-        return self.head(h)
+        if self.head is not None:
+            return self.head(h)
+        weight, bias = self.head_weight_bias()
+        return F.linear(h, weight, bias)
 
     def length_logits(self, enc: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
         """Length head on the masked mean of E(s): [B, S, De], [B, S] -> [B, code_len + 1]."""
@@ -295,9 +324,17 @@ class CodeFusionModel(nn.Module):
             "encoder E": self.encoder,
             "denoiser N": self.denoiser,
             "decoder D": self.decoder,
-            "head H": self.head,
-            "embedding L": self.code_embedding,
         }
+        if self.config.tie_embeddings:  # H: a scale and a bias; L: a projection of E's table
+            counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+            counts["head H"] = self.head_scale.numel() + self.head_bias.numel()
+            counts["embedding L"] = self.code_proj.weight.numel()
+            if self.length_head is not None:
+                counts["length head"] = sum(p.numel() for p in self.length_head.parameters())
+            counts["total"] = sum(counts.values())
+            return counts
+        parts["head H"] = self.head
+        parts["embedding L"] = self.code_embedding
         if self.length_head is not None:
             parts["length head"] = self.length_head
         counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}

@@ -46,6 +46,27 @@ def test_snr_weighting_is_the_papers_noise_error(tiny_tokenizer):
     torch.testing.assert_close(literal, weighted, rtol=1e-3, atol=1e-6)
 
 
+def test_tied_embeddings_share_es_token_table(tiny_tokenizer):
+    """With tie_embeddings, L(y) is a projection of E's table and H scores against L's rows:
+    a token's L row moves when E's row of that token moves, and H's best token for L(v) is v."""
+    cf = _model(tiny_tokenizer, tie_embeddings=True)
+    m = cf.model
+    assert m.code_embedding is None and m.head is None
+    ids = torch.tensor([[5, 6, 7]])
+    before = m.embed_code(ids)
+    with torch.no_grad():
+        m.encoder.get_input_embeddings().weight[6].add_(1.0)
+    after = m.embed_code(ids)
+    assert torch.equal(before[0, 0], after[0, 0]) and not torch.equal(before[0, 1], after[0, 1])
+    table = m.code_table()
+    assert (m.logits(table).argmax(-1) == torch.arange(len(table))).float().mean() > 0.9
+    out = CodeFusionObjective(cf.schedule, decoder_input="clean")(m.train(), _batch(tiny_tokenizer))
+    out["loss"].backward()
+    assert m.code_proj.weight.grad.abs().sum() > 0 and m.head_scale.grad is not None
+    counts = m.parameter_counts()
+    assert counts["total"] == sum(p.numel() for p in m.parameters())
+
+
 @pytest.mark.parametrize("weighting", sorted(NOISE_WEIGHTINGS))
 @pytest.mark.parametrize("decoder_input", ["x0_hat", "clean", "noised"])
 def test_every_option_gives_a_finite_loss_and_gradients(tiny_tokenizer, weighting, decoder_input):

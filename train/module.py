@@ -231,15 +231,12 @@ class CodeFusionModule(L.LightningModule):
 
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: L at ``embedding_lr_mult`` times the learning rate, the rest at it."""
-        emb = getattr(self.model, "code_embedding", None)
-        if emb is None or self.embedding_lr_mult == 1.0:
+        if not isinstance(self.model, CodeFusionModel) or self.embedding_lr_mult == 1.0:
             return [{"params": list(self.model.parameters())}]
-        ids = {id(p) for p in emb.parameters()}
+        emb = self.model.embedding_parameters()
+        ids = {id(p) for p in emb}
         rest = [p for p in self.model.parameters() if id(p) not in ids]
-        return [
-            {"params": rest},
-            {"params": list(emb.parameters()), "lr": self.lr * self.embedding_lr_mult},
-        ]
+        return [{"params": rest}, {"params": emb, "lr": self.lr * self.embedding_lr_mult}]
 
     def configure_optimizers(self):
         # Fused AdamW (one kernel per step) on GPUs, except with fp16's gradient scaler: a fused
