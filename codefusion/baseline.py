@@ -48,7 +48,7 @@ from codefusion.pipeline import (
     load_weights,
     rank_candidates,
 )
-from codefusion.tokenizer import CodeTokenizer, TokenizerError
+from codefusion.tokenizer import CodeTokenizer, TokenizerError, up_to_first_stop
 
 ARCHITECTURE = "t5-baseline"
 MODES = ("beam", "sample")
@@ -308,8 +308,7 @@ class ARBaseline:
         dec_in, target = sequences[:, :-1], sequences[:, 1:]
         logits = self.model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec_in).logits
         logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target.unsqueeze(-1))[..., 0]
-        stop = (target == self.tokenizer.eos_id) | (target == self.tokenizer.pad_id)
-        before = (stop.long().cumsum(1) - stop.long()) == 0  # up to and including the first stop
+        before = up_to_first_stop(target, (self.tokenizer.eos_id, self.tokenizer.pad_id))
         return (logp * before).sum(1) / before.sum(1).clamp(min=1)
 
     def generate(

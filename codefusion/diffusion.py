@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from codefusion.kernels import linear_cross_entropy
 from codefusion.model import CodeFusionModel, attention_mask
 from codefusion.schedule import SqrtSchedule
+from codefusion.tokenizer import up_to_first_stop
 
 
 @dataclass
@@ -67,8 +68,7 @@ class Batch:
 
 def content_mask(code_ids: torch.Tensor, pad_id: int, eos_id: int) -> torch.Tensor:
     """[B, C] bool: positions up to and including the first end/pad token."""
-    is_end = ((code_ids == pad_id) | (code_ids == eos_id)).long()
-    return (torch.cumsum(is_end, dim=1) - is_end) == 0
+    return up_to_first_stop(code_ids, (pad_id, eos_id))
 
 
 def position_weights(
@@ -83,8 +83,7 @@ def position_weights(
 
 def content_length(code_ids: torch.Tensor, pad_id: int, eos_id: int) -> torch.Tensor:
     """[B] number of code tokens before the first end/pad token (the length head's target)."""
-    is_end = (code_ids == pad_id) | (code_ids == eos_id)
-    return (torch.cumsum(is_end.long(), dim=1) == 0).sum(1)
+    return up_to_first_stop(code_ids, (pad_id, eos_id), inclusive=False).sum(1)
 
 
 # Noise-term weight on ||x0_hat - x0||^2 as a function of SNR(t) [B].

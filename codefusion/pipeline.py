@@ -101,12 +101,7 @@ def build_model(
     cfg: CodeFusionConfig, tokenizer: CodeTokenizer, encoder_path: str | Path | None = None
 ) -> CodeFusionModel:
     """A fresh model for a tokenizer; E from a local T5-family checkpoint if one is given."""
-    cfg.vocab_size, cfg.pad_id, cfg.eos_id, cfg.mask_id = (
-        len(tokenizer),
-        tokenizer.pad_id,
-        tokenizer.eos_id,
-        tokenizer.mask_id,
-    )
+    cfg.vocab_size, cfg.pad_id, cfg.eos_id = len(tokenizer), tokenizer.pad_id, tokenizer.eos_id
     encoder = None
     if encoder_path is not None:
         from transformers import T5EncoderModel

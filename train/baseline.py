@@ -19,13 +19,13 @@ import lightning as L
 import torch
 
 from codefusion.diffusion import Batch
+from codefusion.tokenizer import up_to_first_stop
 from train.module import CodeFusionModule
 
 
 def labels_from_canvas(code_ids: torch.Tensor, pad_id: int, eos_id: int) -> torch.Tensor:
     """Canvas ids [B, C] -> T5 labels: pad and every position after the first ``</s>`` -> -100."""
-    is_eos = code_ids == eos_id
-    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+    after_eos = ~up_to_first_stop(code_ids, (eos_id,))
     return code_ids.masked_fill(after_eos | (code_ids == pad_id), -100)
 
 

@@ -24,7 +24,7 @@ from codefusion.auto import load_generator
 from codefusion.baseline import ARBaseline, baseline_config, build_baseline, is_baseline_preset
 from codefusion.config import preset
 from codefusion.pipeline import CodeFusion, build_model
-from codefusion.tokenizer import CodeTokenizer, train_bpe
+from codefusion.tokenizer import CodeTokenizer, tokenizer_corpus, train_bpe
 from train.baseline import BaselineModule
 from train.config import RunConfig, RunConfigError, StageConfig
 from train.data import CodeFusionDataModule
@@ -51,16 +51,8 @@ def ensure_tokenizer(cfg: RunConfig) -> CodeTokenizer:
     if not is_rank_zero():
         wait_until(lambda: _has_tokenizer(path), f"the tokenizer {path}")
         return CodeTokenizer.from_pretrained(path)
-    from codefusion.data import load_benchmark, load_snippets
-
-    def corpus():
-        for lang in cfg.tokenizer.languages:
-            for ex in load_benchmark(lang, "train", cfg.data_dir)[0]:
-                yield ex.code
-                yield ex.prompt
-            yield from dict.fromkeys(load_snippets(lang, cfg.data_dir, cfg.python_corpus))
-
-    tok = CodeTokenizer(train_bpe(corpus(), cfg.tokenizer.vocab_size))
+    corpus = tokenizer_corpus(cfg.data_dir, cfg.python_corpus, cfg.tokenizer.languages)
+    tok = CodeTokenizer(train_bpe(corpus, cfg.tokenizer.vocab_size))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
