@@ -15,10 +15,10 @@ import torch
 
 from codefusion.config import CodeFusionConfig, ConfigError
 from codefusion.errors import GenerationError, ModelLoadError
-from codefusion.languages import is_valid
 from codefusion.model import CodeFusionModel, attention_mask
 from codefusion.sampler import Known, SampleOutput, sample
 from codefusion.schedule import SqrtSchedule
+from codefusion.syntax import is_valid
 from codefusion.tokenizer import CodeTokenizer, TokenizerError
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"

@@ -29,10 +29,10 @@ from tqdm import tqdm
 from codefusion.data import NL2BASH_DEFINED, Example, load_nl2bash_defined, resolve_data_dir
 from codefusion.errors import UserError
 from codefusion.pipeline import Candidate
-from eval.languages import SCORING, Scoring
 from eval.metrics import diversity
 from eval.metrics import python as py_m
 from eval.paper import BESIDE_PAPER, PAPER_TOPK, PAPER_VALIDITY
+from eval.scoring import SCORING, Scoring
 
 KS = (1, 3, 5)
 
