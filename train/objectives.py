@@ -1,26 +1,35 @@
-"""Training the autoregressive baseline with CodeFusion's machinery.
+"""The training objective of each architecture, built from a stage's settings.
 
-The data are CodeFusion's own (train/data.py), read as seq2seq rows: input = the row's prompt,
-target = its code. In pre-training that is T5-style denoising with the tokenizer's mask token as
-the sentinel (input: the snippet with masked spans; target: the whole snippet), and the
-unconditional rows become language-model rows (input: the empty prompt, i.e. just ``</s>``;
-target: the snippet); in fine-tuning, (prompt, code) pairs. The Collator's ``Batch`` is reused:
-``code_ids`` (tokens, ``</s>``, pad...) become the labels, with everything after the first end
-token set to -100.
+The Lightning module (train/module.py) is the same for every architecture; it takes one of
+these. An objective maps ``(model, Batch)`` to a dict of scalar terms with ``"loss"`` among
+them, and may report ``diagnostics`` at validation. It is an ``nn.Module`` so that its constant
+tensors (the diffusion schedule) move with the Lightning module; it holds no parameters.
 
-:class:`BaselineModule` subclasses :class:`train.module.CodeFusionModule` and keeps its training
-and validation steps (NaN/inf handling and logging included), AdamW and the warm-up + cosine
-schedule; only the objective differs: token cross-entropy of the T5 decoder.
+- ``codefusion``: :class:`codefusion.diffusion.CodeFusionObjective`, the paper's three loss terms
+  (options: the stage's ``pad_weight``, ``noise_weighting``, ``decoder_input``,
+  ``decoder_max_t``, ``self_cond_prob``, ``length_weight``).
+- ``t5-baseline``: :class:`Seq2SeqObjective`, token cross-entropy of the T5 decoder. The data are
+  CodeFusion's own (train/data.py), read as seq2seq rows: input = the row's prompt, target = its
+  code. In pre-training that is T5-style denoising with the tokenizer's mask token as the
+  sentinel (input: the snippet with masked spans; target: the whole snippet), and the
+  unconditional rows become language-model rows (input: the empty prompt, i.e. just ``</s>``;
+  target: the snippet); in fine-tuning, (prompt, code) pairs. The ``Batch``'s ``code_ids``
+  (tokens, ``</s>``, pad...) become the labels, with everything after the first end token set
+  to -100. The diffusion objective's stage settings do not apply to it.
 """
 
 from __future__ import annotations
 
-import lightning as L
-import torch
+from collections.abc import Callable
+from typing import Any
 
-from codefusion.diffusion import Batch
+import torch
+from torch import nn
+
+from codefusion.diffusion import Batch, CodeFusionObjective
+from codefusion.schedule import SqrtSchedule
 from codefusion.tokenizer import up_to_first_stop
-from train.module import CodeFusionModule
+from train.config import StageConfig
 
 
 def labels_from_canvas(code_ids: torch.Tensor, pad_id: int, eos_id: int) -> torch.Tensor:
@@ -29,14 +38,15 @@ def labels_from_canvas(code_ids: torch.Tensor, pad_id: int, eos_id: int) -> torc
     return code_ids.masked_fill(after_eos | (code_ids == pad_id), -100)
 
 
-class Seq2SeqObjective:
+class Seq2SeqObjective(nn.Module):
     """Mean token cross-entropy of ``model`` (a T5ForConditionalGeneration) on a ``Batch``;
     returns ``{"loss", "token_acc"}`` like ``CodeFusionObjective`` returns its terms."""
 
     def __init__(self, pad_id: int, eos_id: int) -> None:
+        super().__init__()
         self.pad_id, self.eos_id = pad_id, eos_id
 
-    def __call__(self, model, batch: Batch) -> dict[str, torch.Tensor]:
+    def forward(self, model, batch: Batch) -> dict[str, torch.Tensor]:
         labels = labels_from_canvas(batch.code_ids, self.pad_id, self.eos_id)
         out = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, labels=labels)
         with torch.no_grad():
@@ -45,29 +55,34 @@ class Seq2SeqObjective:
             acc = hits.sum().float() / keep.sum().clamp(min=1)
         return {"loss": out.loss, "token_acc": acc}
 
+    def diagnostics(self, model, batch: Batch, generator: torch.Generator) -> dict[str, float]:
+        return {}
 
-class BaselineModule(CodeFusionModule):
-    """``CodeFusionModule`` with the seq2seq objective: same steps, optimizer and schedule."""
 
-    def __init__(
-        self,
-        model,
-        lr: float = 5e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 100,
-        max_steps: int = 1000,
-        on_nan: str = "stop",
-        log_every: int = 1,
-        ckpt_every: int | None = None,
-    ) -> None:
-        # CodeFusionModule.__init__ builds the diffusion schedule from a CodeFusionConfig, which a
-        # T5 config does not have: set up the same attributes directly.
-        L.LightningModule.__init__(self)
-        self.model = model
-        cfg = model.config
-        self.objective = Seq2SeqObjective(cfg.pad_token_id, cfg.eos_token_id)
-        self.lr, self.weight_decay = lr, weight_decay
-        self.warmup_steps, self.max_steps, self.on_nan = warmup_steps, max_steps, on_nan
-        self.log_every, self.ckpt_every = max(1, log_every), ckpt_every
-        self.skipped_nonfinite = 0
-        self.embedding_lr_mult, self.diagnostics = 1.0, False
+def diffusion_objective(model, st: StageConfig) -> CodeFusionObjective:
+    cfg = model.config
+    return CodeFusionObjective(
+        SqrtSchedule(cfg.diffusion_steps, cfg.schedule_offset),
+        pad_weight=st.pad_weight,
+        noise_weighting=st.noise_weighting,
+        decoder_input=st.decoder_input,
+        decoder_max_t=st.decoder_max_t,
+        self_cond_prob=st.self_cond_prob,
+        length_weight=st.length_weight,
+    )
+
+
+def seq2seq_objective(model, st: StageConfig) -> Seq2SeqObjective:
+    return Seq2SeqObjective(model.config.pad_token_id, model.config.eos_token_id)
+
+
+OBJECTIVES: dict[str, Callable[[Any, StageConfig], nn.Module]] = {
+    "codefusion": diffusion_objective,
+    "t5-baseline": seq2seq_objective,
+}
+
+
+def build_objective(architecture: str, model, st: StageConfig | None = None) -> nn.Module:
+    """The objective of ``architecture`` for ``model`` with a stage's settings (defaults: a
+    ``StageConfig()``'s)."""
+    return OBJECTIVES[architecture](model, StageConfig() if st is None else st)
