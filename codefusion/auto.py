@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from codefusion.errors import ModelLoadError
 from codefusion.generator import (
@@ -22,6 +21,9 @@ from codefusion.generator import (
     check_model_dir,
     read_config,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 ARCHITECTURES: dict[str, str] = {
     "codefusion": "codefusion.pipeline:CodeFusion",

@@ -28,6 +28,9 @@ def _generate_options(args: argparse.Namespace) -> dict:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from codefusion.generator import check_model_dir
+
+    check_model_dir(args.model)  # a missing directory or file: said before torch loads
     import torch
 
     from codefusion.auto import load_generator

@@ -24,13 +24,15 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from codefusion.config import ConfigError
 from codefusion.errors import GenerationError, ModelLoadError
-from codefusion.tokenizer import CodeTokenizer, TokenizerError
+
+if TYPE_CHECKING:  # imported where used: the CLI checks a model directory before loading torch
+    import torch
+
+    from codefusion.tokenizer import CodeTokenizer
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 DEFAULT_ARCHITECTURE = "codefusion"  # a config.json without "architecture"
@@ -195,6 +197,8 @@ class Generator:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> Generator:
         """Load a model directory; every problem is a ``ModelLoadError`` naming the file."""
+        from codefusion.tokenizer import CodeTokenizer, TokenizerError
+
         path = check_model_dir(path)
         file = path / CONFIG_FILE
         d = read_config(path)
