@@ -38,7 +38,7 @@ import torch
 
 from codefusion.config import ConfigError
 from codefusion.errors import GenerationError, ModelLoadError
-from codefusion.generator import Generator
+from codefusion.generator import Draws, Generator
 from codefusion.tokenizer import CodeTokenizer, up_to_first_stop
 
 ARCHITECTURE = "t5-baseline"
@@ -46,7 +46,7 @@ MODES = ("beam", "sample")
 
 # The T5 fields a baseline's config.json holds, plus our two lengths (the same meaning as in
 # CodeFusionConfig: prompt tokens incl. </s>, and code tokens incl. </s>).
-T5_KEYS = (
+_SIZE_KEYS = (  # positive integers
     "vocab_size",
     "d_model",
     "d_kv",
@@ -56,6 +56,8 @@ T5_KEYS = (
     "num_heads",
     "relative_attention_num_buckets",
     "relative_attention_max_distance",
+)
+T5_KEYS = _SIZE_KEYS + (
     "dropout_rate",
     "layer_norm_epsilon",
     "initializer_factor",
@@ -66,19 +68,7 @@ T5_KEYS = (
 )
 LENGTH_KEYS = ("max_prompt_len", "code_len")
 CONFIG_KEYS = T5_KEYS + LENGTH_KEYS
-_POSITIVE = (
-    "vocab_size",
-    "d_model",
-    "d_kv",
-    "d_ff",
-    "num_layers",
-    "num_decoder_layers",
-    "num_heads",
-    "relative_attention_num_buckets",
-    "relative_attention_max_distance",
-    "max_prompt_len",
-    "code_len",
-)
+_POSITIVE = _SIZE_KEYS + LENGTH_KEYS
 
 _BASE: dict[str, Any] = dict(
     vocab_size=16384,
@@ -91,44 +81,15 @@ _BASE: dict[str, Any] = dict(
     eos_token_id=1,
     decoder_start_token_id=0,
 )
-# Keyed by the CodeFusion preset of about the same size.
+# The T5 of about the size of each CodeFusion preset (parameters with the vocabulary of that
+# preset's configs). Its lengths and dropout are the CodeFusion preset's own (baseline_config).
 AR_PRESETS: dict[str, dict[str, Any]] = {
-    # 74.5M parameters with a 16K vocabulary (CodeFusion `paper`: 72.9M).
-    "paper": dict(
-        d_model=512,
-        d_kv=64,
-        d_ff=2048,
-        num_layers=9,
-        num_decoder_layers=9,
-        num_heads=8,
-        dropout_rate=0.1,
-        max_prompt_len=128,
-        code_len=128,
-    ),
-    # 2.43M parameters with a 1K vocabulary (CodeFusion `small`: 2.33M).
-    "small": dict(
-        d_model=128,
-        d_kv=32,
-        d_ff=512,
-        num_layers=5,
-        num_decoder_layers=5,
-        num_heads=4,
-        dropout_rate=0.0,
-        max_prompt_len=64,
-        code_len=24,
-    ),
-    # 0.41M parameters with a 1K vocabulary (CodeFusion `tiny`: 0.40M): CPU and tests.
-    "tiny": dict(
-        d_model=64,
-        d_kv=16,
-        d_ff=256,
-        num_layers=3,
-        num_decoder_layers=3,
-        num_heads=4,
-        dropout_rate=0.0,
-        max_prompt_len=48,
-        code_len=32,
-    ),
+    # 74.5M with a 16K vocabulary (CodeFusion `paper`: 72.9M)
+    "paper": dict(d_model=512, d_kv=64, d_ff=2048, num_layers=9, num_decoder_layers=9, num_heads=8),
+    # 2.43M with a 1K vocabulary (CodeFusion `small`: 2.33M)
+    "small": dict(d_model=128, d_kv=32, d_ff=512, num_layers=5, num_decoder_layers=5, num_heads=4),
+    # 0.41M with a 1K vocabulary (CodeFusion `tiny`: 0.40M): CPU and tests
+    "tiny": dict(d_model=64, d_kv=16, d_ff=256, num_layers=3, num_decoder_layers=3, num_heads=4),
 }
 
 
@@ -166,12 +127,18 @@ def config_to_dict(cfg) -> dict[str, Any]:
 
 
 def baseline_config(name: str = "paper", **overrides: Any):
-    """A preset's ``T5Config`` with overrides (any of ``CONFIG_KEYS``, e.g. ``code_len``)."""
+    """The ``T5Config`` of the baseline of CodeFusion's preset ``name``: its sizes from
+    ``AR_PRESETS``, its prompt and code lengths and dropout from the CodeFusion preset, then
+    overrides (any of ``CONFIG_KEYS``, e.g. ``code_len``)."""
+    from codefusion.config import preset
+
     if name not in AR_PRESETS:
         raise ConfigError(
             f"unknown baseline preset {name!r}: choose one of {', '.join(AR_PRESETS)}"
         )
-    return config_from_dict({**_BASE, **AR_PRESETS[name], **overrides})
+    cf = preset(name)
+    same = dict(max_prompt_len=cf.max_prompt_len, code_len=cf.code_len, dropout_rate=cf.dropout)
+    return config_from_dict({**_BASE, **same, **AR_PRESETS[name], **overrides})
 
 
 def build_baseline(cfg, tokenizer: CodeTokenizer):
@@ -261,21 +228,14 @@ class ARBaseline(Generator):
     def default_draws(self, k: int, options: DecodingOptions) -> int:
         return k if options.mode == "beam" else 2 * k
 
-    def draw(
-        self,
-        ids: torch.Tensor,
-        mask: torch.Tensor,
-        num_draws: int,
-        seed: int,
-        options: DecodingOptions,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        o = options
+    def draw(self, ids, mask, num_draws: int, seed: int, options: DecodingOptions) -> Draws:
+        """The draw step: beam search or sampling (``_draw``), the decoder start token cut."""
+        o, dev = options, self.device
         max_new = self.config.code_len if o.max_new_tokens is None else o.max_new_tokens
-        dev = self.device
         seqs, scores = self._draw(
             ids.to(dev), mask.to(dev), o.mode, num_draws, max_new, seed, o.temperature, o.top_p
         )
-        return seqs[:, 1:], scores  # the decoder start token is no code
+        return Draws(seqs[:, 1:], scores)
 
     @torch.no_grad()
     def sequence_scores(

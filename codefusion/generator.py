@@ -24,18 +24,26 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from codefusion.config import ConfigError
 from codefusion.errors import GenerationError, ModelLoadError
 
 if TYPE_CHECKING:  # imported where used: the CLI checks a model directory before loading torch
     import torch
+    from torch import Tensor
 
     from codefusion.tokenizer import CodeTokenizer
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 DEFAULT_ARCHITECTURE = "codefusion"  # a config.json without "architecture"
+
+
+class Draws(NamedTuple):
+    """What a draw step returns: ``num_draws`` consecutive rows per prompt."""
+
+    tokens: Tensor  # [P * num_draws, L] canvas ids (decoded up to the first end or pad token)
+    scores: Tensor  # [P * num_draws] the model's own score of each
 
 
 @dataclass(frozen=True)
@@ -143,12 +151,9 @@ class Generator:
         """``num_draws`` when the request leaves it out."""
         return 2 * k
 
-    def draw(
-        self, ids: torch.Tensor, mask: torch.Tensor, num_draws: int, seed: int, options: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``num_draws`` consecutive draws per prompt of the encoded prompts ``ids``/``mask``
-        ([P, S] on the host): canvas token ids [P * num_draws, L] (cut at the first end or pad
-        token when decoded) and the model's own score of each [P * num_draws]."""
+    def draw(self, ids: Tensor, mask: Tensor, num_draws: int, seed: int, options: Any) -> Draws:
+        """``num_draws`` draws per prompt of the encoded prompts ``ids``/``mask`` ([P, S] on the
+        host), with their scores (anything with ``tokens`` and ``scores`` as in :class:`Draws`)."""
         raise NotImplementedError
 
     # --- the model ---------------------------------------------------------------------------
@@ -280,9 +285,9 @@ class Generator:
             raise GenerationError(f"k={k} is larger than the number of draws ({num_draws})")
         plist = check_prompts(prompts, allow_empty)
         ids, mask = self.encode_prompts(plist)
-        tokens, scores = self.draw(ids, mask, num_draws, seed, opts)
-        codes = [self.tokenizer.decode(r) for r in tokens.tolist()]
-        scores = scores.tolist()
+        out = self.draw(ids, mask, num_draws, seed, opts)
+        codes = [self.tokenizer.decode(r) for r in out.tokens.tolist()]
+        scores = out.scores.tolist()
         n = num_draws
         results = [
             rank_candidates(codes[i * n : (i + 1) * n], scores[i * n : (i + 1) * n], k, syntax_rank)

@@ -113,17 +113,6 @@ class CodeFusion(Generator):
                 f"length_candidates must be at least 1, got {options.length_candidates}"
             )
 
-    def draw(
-        self,
-        ids: torch.Tensor,
-        mask: torch.Tensor,
-        num_draws: int,
-        seed: int,
-        options: SamplingOptions,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self._sample(ids, mask, num_draws, seed, options)
-        return out.tokens, out.scores
-
     @torch.no_grad()
     def sample_draws(
         self,
@@ -139,21 +128,14 @@ class CodeFusion(Generator):
         ``options`` as for ``generate`` (:class:`~codefusion.sampling.SamplingOptions`)."""
         opts = self.options(**options)
         ids, mask = self.encode_prompts(check_prompts(prompts, allow_empty))
-        return self._sample(ids, mask, num_draws, seed, opts, trace_at)
+        return self.draw(ids, mask, num_draws, seed, opts, trace_at)
 
     @torch.no_grad()
-    def _sample(
-        self,
-        ids: torch.Tensor,
-        mask: torch.Tensor,
-        num_draws: int,
-        seed: int,
-        options: SamplingOptions,
-        trace_at: set[int] | None = None,
-    ) -> SampleOutput:
-        """E(s) once per call, the given end positions of ``length="predicted"`` (draw ``j``
-        of a prompt gets the ``(j mod length_candidates)``-th most likely length of the length
-        head; the positions from it on are ``</s>`` then pad), then the sampler."""
+    def draw(self, ids, mask, num_draws, seed, options, trace_at=None) -> SampleOutput:
+        """The draw step: E(s) once per call, the given end positions of
+        ``length="predicted"`` (draw ``j`` of a prompt gets the ``(j mod length_candidates)``-th
+        most likely length of the length head; the positions from it on are ``</s>`` then pad),
+        then the sampler (:func:`codefusion.sampling.sample`)."""
         cfg, dev = self.config, self.device
         length = options.length
         if length is None:

@@ -116,6 +116,10 @@ class StageConfig:
         if self.embedding_lr_mult <= 0:
             raise RunConfigError("embedding_lr_mult must be positive")
 
+    def pick(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        """The settings ``keys`` as keyword arguments (for whatever declares that it takes them)."""
+        return {k: getattr(self, k) for k in keys}
+
 
 @dataclass
 class TokenizerConfig:

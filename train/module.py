@@ -31,6 +31,18 @@ class TrainingModule(L.LightningModule):
     ``diagnostics``). ``embedding_lr_mult`` scales the learning rate of a model's
     ``code_embedding`` (CodeFusion's L), if it has one."""
 
+    # The stage settings (train/config.py: StageConfig) the module takes, by name.
+    STAGE_KEYS = (
+        "lr",
+        "weight_decay",
+        "warmup_steps",
+        "max_steps",
+        "on_nan",
+        "embedding_lr_mult",
+        "log_every",
+        "ckpt_every",
+    )
+
     def __init__(
         self,
         model: nn.Module,

@@ -59,17 +59,20 @@ class Seq2SeqObjective(nn.Module):
         return {}
 
 
+# The stage settings the diffusion objective takes, by name.
+DIFFUSION_KEYS = (
+    "pad_weight",
+    "noise_weighting",
+    "decoder_input",
+    "decoder_max_t",
+    "self_cond_prob",
+    "length_weight",
+)
+
+
 def diffusion_objective(model, st: StageConfig) -> CodeFusionObjective:
-    cfg = model.config
-    return CodeFusionObjective(
-        SqrtSchedule(cfg.diffusion_steps, cfg.schedule_offset),
-        pad_weight=st.pad_weight,
-        noise_weighting=st.noise_weighting,
-        decoder_input=st.decoder_input,
-        decoder_max_t=st.decoder_max_t,
-        self_cond_prob=st.self_cond_prob,
-        length_weight=st.length_weight,
-    )
+    schedule = SqrtSchedule(model.config.diffusion_steps, model.config.schedule_offset)
+    return CodeFusionObjective(schedule, **st.pick(DIFFUSION_KEYS))
 
 
 def seq2seq_objective(model, st: StageConfig) -> Seq2SeqObjective:

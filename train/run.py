@@ -226,18 +226,8 @@ def run_stage(
         num_workers=st.num_workers,
         holdout=st.holdout,
     )
-    module = TrainingModule(
-        model,
-        build_objective(arch, model, st),
-        lr=st.lr,
-        weight_decay=st.weight_decay,
-        warmup_steps=st.warmup_steps,
-        max_steps=st.max_steps,
-        on_nan=st.on_nan,
-        embedding_lr_mult=st.embedding_lr_mult,
-        log_every=st.log_every,
-        ckpt_every=st.ckpt_every,
-    )
+    objective = build_objective(arch, model, st)
+    module = TrainingModule(model, objective, **st.pick(TrainingModule.STAGE_KEYS))
     extra = []
     if stage == "finetune" and st.val_generate > 0:
         dm.setup()

@@ -193,17 +193,29 @@ def initial_noise(
 
 
 @torch.no_grad()
-def sample_plain(
+def sample(
     model: CodeFusionModel,
     schedule: SqrtSchedule,
     enc: torch.Tensor,  # [N, S, De] E(s), already repeated per draw
     cross_mask: torch.Tensor | None,  # [N, 1, 1, S]
     generator: torch.Generator,
-    options: SamplingOptions,
+    options: SamplingOptions | None = None,
     known: Known | None = None,
     trace_at: set[int] | None = None,
 ) -> SampleOutput:
-    """The plain loop: one :func:`ddim_step` per step of the plan, then D and H once."""
+    """Denoise one batch of draws as ``options`` say (default ``SamplingOptions()``):
+    ``known`` are given tokens (fixed end positions, infilling), ``trace_at`` the steps at which
+    x̂0 is decoded too (``SampleOutput.trace``).
+
+    This is the plain loop, one :func:`ddim_step` per step of the plan, then D and H once; with
+    ``options.fast`` (default: on CUDA) on CUDA tensors and cached K/V, the graph runner
+    (``graph.py``) replays the same step from the same x_T and noise instead."""
+    options = SamplingOptions() if options is None else options
+    fast = enc.is_cuda if options.fast is None else options.fast
+    if fast and enc.is_cuda and options.cache_cross_kv:
+        from codefusion.sampling.graph import sample_graph
+
+        return sample_graph(model, schedule, enc, cross_mask, generator, options, known, trace_at)
     cfg = model.config
     n = enc.shape[0]
     x = initial_noise(model, enc, generator)
