@@ -55,7 +55,7 @@ class CodeFusionConfig:
     # Self-conditioning (Chen et al., Analog Bits): N also reads its own previous estimate of x0.
     self_condition: bool = False
     # A length head on E(s): predicts the number of code tokens, so that sampling can fix the
-    # end token's position (see sampler.py) instead of hoping N places it.
+    # end token's position (see pipeline.py) instead of hoping N places it.
     length_head: bool = False
     # Diffusion: square-root schedule over T steps; N predicts x0 (see diffusion.py for why).
     diffusion_steps: int = 1200

@@ -10,7 +10,7 @@
 
 Attention goes through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on
 GPU). Cross-attention keys/values depend only on E's output, so ``cross_kv`` computes them once
-and every denoising step reuses them (see sampler.py).
+and every denoising step reuses them (see codefusion/sampling).
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ class Denoiser(Stack):
         if self.self_condition:
             x_t = torch.cat([x_t, torch.zeros_like(x_t) if x0_prev is None else x0_prev], -1)
         # N's own dtype for its inputs: a no-op for the fp32 model (autocast casts in training);
-        # the fast sampler runs a bf16 copy of N on fp32 latents (sampler.py).
+        # the CUDA-graph sampler runs a bf16 copy of N on fp32 latents (sampling/graph.py).
         dtype = self.in_proj.weight.dtype
         x_t = x_t.to(dtype)
         temb = self.time_mlp(timestep_embedding(t, self.in_proj.out_features).to(dtype))  # [B, d]
