@@ -65,7 +65,11 @@ pretrain: {{max_steps: 6, batch_size: 8, val_every: 3, ckpt_every: 3, warmup_ste
 finetune: {{max_steps: 6, batch_size: 8, val_every: 3, ckpt_every: 3, warmup_steps: 2, val_fraction: 0.1}}
 """
     )
-    assert train_main(["--config", str(cfg), "--no-progress"]) == 0
+    assert train_main(["--config", str(cfg)]) == 0
+    # One progress bar per stage, counting its steps across epochs (4 steps an epoch here).
+    bars = capsys.readouterr().out  # Lightning's tqdm bars write to stdout
+    assert "pretrain (epoch 1)" in bars and "finetune (epoch 1)" in bars and "6/6" in bars
+    assert "/-" not in bars and "Epoch " not in bars
     run = tmp_path / "runs" / "e2e"
     assert (run / "pretrain" / "model" / "model.safetensors").is_file()
     assert (run / "finetune" / "checkpoints" / "last.ckpt").is_file()
