@@ -19,9 +19,9 @@ Two surface formats occur in the data and both are accepted:
 How rules run on a table (the interpreter, which only evaluation needs) is in
 ``eval/metrics/cf_interpreter.py``.
 
-Public API: :func:`parse`, :func:`canonical`, :func:`is_valid`, the AST classes, and the
-exceptions :class:`CFError`, :class:`CFParseError`. On any string input the public functions
-raise nothing but :class:`CFError` subclasses.
+Public API: :func:`parse`, :func:`canonical`, :func:`normal_form`, :func:`is_valid`, the AST
+classes, and the exceptions :class:`CFError`, :class:`CFParseError`. On any string input the
+public functions raise nothing but :class:`CFError` subclasses (:func:`normal_form` none).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ __all__ = [
     "Text",
     "canonical",
     "is_valid",
+    "normal_form",
     "parse",
 ]
 
@@ -403,3 +404,12 @@ def canonical(text: str) -> str:
     ``toppercent(X)``, AND/OR arguments and Between bounds sorted, numbers as floats, text
     lower-cased. Raises :class:`CFParseError` when ``text`` does not parse."""
     return _canon(parse(text))
+
+
+def normal_form(text: str) -> str:
+    """What counts as the same rule: its canonical form, or for text that does not parse its
+    whitespace-normalised self (held-out splits by program, unique@k)."""
+    try:
+        return canonical(text)
+    except CFError:
+        return " ".join(text.split())

@@ -131,7 +131,15 @@ class CodeFusion(Generator):
         return self.draw(ids, mask, num_draws, seed, opts, trace_at)
 
     @torch.no_grad()
-    def draw(self, ids, mask, num_draws, seed, options, trace_at=None) -> SampleOutput:
+    def draw(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        num_draws: int,
+        seed: int,
+        options: SamplingOptions,
+        trace_at: set[int] | None = None,
+    ) -> SampleOutput:
         """The draw step: E(s) once per call, the given end positions of
         ``length="predicted"`` (draw ``j`` of a prompt gets the ``(j mod length_candidates)``-th
         most likely length of the length head; the positions from it on are ``</s>`` then pad),

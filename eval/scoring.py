@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+from codefusion.cfrules import normal_form
 from codefusion.data import Example
 from codefusion.syntax import is_valid
 from eval.metrics import bash as bash_m
@@ -31,15 +32,6 @@ class Scoring:
 _CF_TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
-def _cf_normalise(code: str) -> str:
-    from codefusion.cfrules import CFError, canonical
-
-    try:
-        return canonical(code)
-    except CFError:
-        return " ".join(code.split())
-
-
 def _python_correct(pred: str, ex: Example) -> tuple[bool, str]:
     decided = "ast" if is_valid(ex.code, "python") else "text"
     return py_m.exact_match(pred, ex.code), decided
@@ -50,7 +42,7 @@ SCORING: dict[str, Scoring] = {
         "cf",
         "execution match on the item's Data (canonical form when it has no rows)",
         lambda pred, ex: cf_m.exec_match(pred, ex.code, ex.data),
-        _cf_normalise,
+        normal_form,
         _CF_TOKEN.findall,
         functools.partial(is_valid, language="cf"),
     ),
