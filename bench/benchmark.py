@@ -25,13 +25,11 @@ loss read, Lightning's EMA update, the autocast sampler) and, with ``--compile``
 Activation memory (``memory``): bytes saved for backward per example (optimised precision,
 full-length prompts), the figure the configs' batch sizes are planned from.
 
-Model FLOPs per step are analytic: 6 x (weights of every nn.Linear) x (tokens that linear sees:
-prompt tokens for E and the cross-attention K/V projections, code tokens for the rest, one row per
-example for the timestep MLPs) plus 3 x the attention matmuls (QK^T and AV: 4 x B x Sq x Sk x
-width per layer, forward). MFU = achieved FLOP/s / ``--peak-tflops`` (CUDA only; null on CPU).
+Model FLOPs per step are the library's analytic count (``CodeFusionModel.estimate_flops``: 6 x
+the weights of every nn.Linear x the tokens it sees, plus the attention matmuls). MFU = achieved
+FLOP/s / ``--peak-tflops`` (CUDA only; null on CPU).
 
-Sampling = top-5 of ``--num-draws`` draws for one prompt (``CodeFusion.sample_draws`` + ranking,
-exactly ``generate``'s work), at ``--sample-steps`` (default T = 1200) and ``--respaced`` steps:
+Sampling = top-5 of ``--num-draws`` draws for one prompt (``CodeFusion.generate``), at ``--sample-steps`` (default T = 1200) and ``--respaced`` steps:
 
 * reference: eager fp32, cross-attention K/V recomputed every step, reference kernels;
 * eager cached (CUDA only; on CPU it is the optimised path's code): K/V computed once per call;
@@ -39,25 +37,21 @@ exactly ``generate``'s work), at ``--sample-steps`` (default T = 1200) and ``--r
   on CPU the same call runs the cached fp32 loop.
 
 Timings exclude warm-up runs, synchronise the GPU around each run and report the median of the
-repeats. Writes ``results.json`` and ``results.md`` under ``--out``.
+repeats. Writes ``results.json`` and ``results.md`` (bench/report.py) under ``--out``. What is
+run (synthetic tokenizer and batches, the timer) is in bench/workload.py; the op counts and
+activation memory in bench/opcount.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import gc
 import json
 import math
-import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -66,25 +60,24 @@ if str(REPO) not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
+from bench.opcount import bench_memory, bench_op_counts  # noqa: E402
+from bench.report import TARGET_STEPS, check_targets, environment, markdown  # noqa: E402
+from bench.workload import (  # noqa: E402
+    free,
+    reference_kernels,
+    synthetic_prompt,
+    synthetic_tokenizer,
+    timed,
+    train_setup,
+    triton_active,
+)
+from codefusion.baseline import ARBaseline  # noqa: E402
 from codefusion.config import PRESETS, preset  # noqa: E402
-from codefusion.diffusion import Batch, CodeFusionObjective  # noqa: E402
-from codefusion.kernels import HAS_TRITON  # noqa: E402
 from codefusion.model import CodeFusionModel  # noqa: E402
-from codefusion.pipeline import CodeFusion, build_model, rank_candidates  # noqa: E402
-from codefusion.sampler import strict_graphs  # noqa: E402
-from codefusion.schedule import SqrtSchedule  # noqa: E402
-from codefusion.tokenizer import EOS, MASK, PAD, SPECIAL_TOKENS, UNK, CodeTokenizer  # noqa: E402
-
-TARGETS = {
-    "train_speedup_min": 3.0,  # optimised tokens/s >= 3x eager fp32
-    "train_mfu_min": 0.35,  # on an H100, bf16 dense peak
-    "top5_full_max_s": 0.3,  # top-5 at 1200 steps
-    "top5_full_speedup_min": 5.0,  # vs eager fp32
-    "top5_respaced_max_s": 0.040,  # top-5 at 100 respaced steps
-}
+from codefusion.pipeline import CodeFusion, build_model  # noqa: E402
+from codefusion.sampling.graph import strict_graphs  # noqa: E402
+from codefusion.tokenizer import CodeTokenizer  # noqa: E402
 
 # --quick: a CPU run in well under two minutes (explicit options still win).
 QUICK = dict(
@@ -106,7 +99,7 @@ FULL = dict(
     train_steps=20,
     train_warmup=5,
     sample_steps=None,  # the preset's T
-    respaced=100,
+    respaced=TARGET_STEPS["respaced"],
     repeats=5,
     sample_warmup=2,
     threads=None,
@@ -161,142 +154,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-# --- helpers ----------------------------------------------------------------------------------
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def timed(fn: Callable[[], Any], warmup: int, repeats: int, dev: torch.device) -> list[float]:
-    """Seconds per call of ``repeats`` calls after ``warmup`` untimed ones; GPU synchronised."""
-    for _ in range(warmup):
-        fn()
-    sync(dev)
-    times = []
-    for _ in range(repeats):
-        sync(dev)
-        t0 = time.perf_counter()
-        fn()
-        sync(dev)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-@contextmanager
-def reference_kernels() -> Iterator[None]:
-    """``CODEFUSION_DISABLE_TRITON=1`` for the duration (read by the dispatcher at each call)."""
-    old = os.environ.get("CODEFUSION_DISABLE_TRITON")
-    os.environ["CODEFUSION_DISABLE_TRITON"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["CODEFUSION_DISABLE_TRITON"]
-        else:
-            os.environ["CODEFUSION_DISABLE_TRITON"] = old
-
-
-def free(dev: torch.device) -> None:
-    gc.collect()
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def triton_active(dev: torch.device) -> bool:
-    return HAS_TRITON and dev.type == "cuda"
-
-
-def synthetic_tokenizer(vocab_size: int) -> CodeTokenizer:
-    """A word-level tokenizer of exactly ``vocab_size`` tokens: the specials, then w4, w5, ..."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-    vocab.update({f"w{i}": i for i in range(len(vocab), vocab_size)})
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK, mask_token=MASK
-    )
-    return CodeTokenizer(hf)
-
-
-def synthetic_batch(model: CodeFusionModel, batch_size: int, prompt_len: int, seed: int) -> Batch:
-    """Random prompts (half to full length) and code (a quarter to all of the canvas)."""
-    cfg = model.config
-    g = torch.Generator().manual_seed(seed)
-    b, s, c = batch_size, prompt_len, cfg.code_len
-    lo = len(SPECIAL_TOKENS)
-
-    def rows(width: int, min_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.randint(lo, cfg.vocab_size, (b, width), generator=g)
-        lens = torch.randint(min_len, width + 1, (b,), generator=g)
-        pos = torch.arange(width)[None]
-        ids = torch.where(pos < lens[:, None] - 1, ids, cfg.pad_id)
-        ids = torch.where(pos == lens[:, None] - 1, cfg.eos_id, ids)
-        return ids, (pos < lens[:, None]).long()
-
-    prompt_ids, prompt_mask = rows(s, max(1, s // 2))
-    code_ids, _ = rows(c, max(1, c // 4))
-    return Batch(prompt_ids, prompt_mask, code_ids, torch.zeros(b, dtype=torch.bool))
-
-
-def train_flops(model: CodeFusionModel, batch_size: int, prompt_len: int) -> dict[str, float]:
-    """Analytic model FLOPs of one training step (forward + backward = 3 x forward)."""
-    cfg = model.config
-    b, s, c = batch_size, prompt_len, cfg.code_len
-
-    def linear_weights(module: nn.Module, keep: Callable[[str], bool] = lambda n: True) -> int:
-        return sum(
-            m.weight.numel()
-            for n, m in module.named_modules()
-            if isinstance(m, nn.Linear) and keep(n)
-        )
-
-    def kv(n: str) -> bool:
-        return n.endswith("cross_attn.kv_proj")
-
-    def timestep(n: str) -> bool:
-        return n.startswith(("time_mlp", "time_mod"))
-
-    stacks = (model.denoiser, model.decoder)
-    per_prompt_token = linear_weights(model.encoder) + sum(linear_weights(m, kv) for m in stacks)
-    per_example = linear_weights(model.denoiser, timestep)
-    per_code_token = linear_weights(model.head) + sum(
-        linear_weights(m, lambda n: not kv(n) and not timestep(n)) for m in stacks
-    )
-    matmul = 2 * (per_prompt_token * b * s + per_code_token * b * c + per_example * b)
-    enc = model.encoder.config
-    d = cfg.hidden_dim
-    attention = 4 * b * s * s * enc.num_heads * enc.d_kv * enc.num_layers + (
-        cfg.denoiser_layers + cfg.decoder_layers
-    ) * (4 * b * c * c * d + 4 * b * c * s * d)
-    forward = matmul + attention
-    return {
-        "forward": float(forward),
-        "train_step": float(3 * forward),
-        "matmul_weights": {
-            "per_prompt_token": per_prompt_token,
-            "per_code_token": per_code_token,
-            "per_example": per_example,
-        },
-    }
-
-
 # --- training ---------------------------------------------------------------------------------
-
-
-def _train_setup(args: argparse.Namespace, dev: torch.device, batch_size: int, optimised: bool):
-    torch.manual_seed(args.seed)
-    cfg = preset(args.preset, vocab_size=args.vocab_size)
-    model = CodeFusionModel(cfg).to(dev).train()
-    schedule = SqrtSchedule(cfg.diffusion_steps, cfg.schedule_offset).to(dev)
-    objective = CodeFusionObjective(schedule)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=optimised)
-    batch = synthetic_batch(model, batch_size, args.prompt_len, args.seed).to(dev)
-    return cfg, model, objective, opt, batch
 
 
 def bench_training(args: argparse.Namespace, dev: torch.device, optimised: bool) -> dict:
@@ -318,7 +176,7 @@ def _bench_training(
 ) -> dict:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)  # this path's peak, not the previous one's
-    cfg, model, objective, opt, batch = _train_setup(args, dev, batch_size, optimised)
+    cfg, model, objective, opt, batch = train_setup(args, dev, batch_size, optimised)
     amp = optimised and dev.type == "cuda"
     compiled = optimised and args.compile
     if compiled:
@@ -339,7 +197,7 @@ def _bench_training(
     warmup = max(args.train_warmup, 3 if compiled else 0)
     with nullcontext() if optimised else reference_kernels():
         times = timed(step, warmup, args.train_steps, dev)
-    flops = train_flops(model, batch_size, args.prompt_len)["train_step"]
+    flops = model.estimate_flops(batch_size, args.prompt_len)["train_step"]
     step_s = statistics.median(times)
     tflops = flops / step_s / 1e12
     result = {
@@ -355,7 +213,7 @@ def _bench_training(
         "kernels": "triton" if optimised and triton_active(dev) else "reference",
         "compiled": compiled,
         "final_loss": float(last[0]) if last else None,
-        "flops": train_flops(model, batch_size, args.prompt_len),
+        "flops": model.estimate_flops(batch_size, args.prompt_len),
         "max_memory_gib": (
             torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
         ),
@@ -363,234 +221,21 @@ def _bench_training(
     return result
 
 
-# --- op counts and activation memory ----------------------------------------------------------
-
-
-def bench_op_counts(args: argparse.Namespace, dev: torch.device, tok: CodeTokenizer) -> dict:
-    """Ops per training step and per sampling step (bench/opcount.py), before and after."""
-    return {
-        "training": training_op_counts(args, dev),
-        "sampling": sampling_op_counts(args, dev, tok),
-    }
-
-
-def training_op_counts(args: argparse.Namespace, dev: torch.device) -> dict:
-    """One training step as the training loop runs it on a GPU: bf16 autocast with Lightning's
-    settings (cast cache off), fused AdamW, gradient clipping and the EMA update; "before"
-    adds the per-step loss read (terms stacked, ``isfinite``) and Lightning's EMA update
-    (``AveragedModel``, two reads of its count); "eager fp32" is the benchmark's reference."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
-
-    from bench.opcount import count_ops
-    from train.ema import _ForeachEMA, _HostCountedAverage
-
-    batch_size = min(args.batch_size, 8)  # counts do not depend on the batch
-    out: dict[str, Any] = {"batch_size": batch_size}
-
-    def make(optimised: bool):
-        cfg, model, objective, opt, batch = _train_setup(args, dev, batch_size, optimised)
-        return model, objective, opt, batch
-
-    # Reference: eager fp32, foreach AdamW, reference kernels.
-    model, objective, opt, batch = make(False)
-
-    def ref_step() -> None:
-        objective(model, batch)["loss"].backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    with reference_kernels():
-        ref_step()
-        out["reference (eager fp32)"] = count_ops(ref_step, dev)
-
-    def loop_step(model, objective, opt, batch, ema, before: bool) -> Callable[[], None]:
-        def step() -> None:
-            with torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False):
-                out_ = objective(model, batch)
-            loss = out_["loss"]
-            if before:  # the old training_step: every step read its loss
-                terms = torch.stack([v.detach().float() for v in out_.values()])
-                bool(torch.isfinite(terms[-1]))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            ema.update_parameters(model)
-
-        return step
-
-    for label, before in (("optimised, before", True), ("optimised, now", False)):
-        model, objective, opt, batch = make(True)
-        if before:  # Lightning's EMAWeightAveraging: a Python loop over the tensors
-            ema = AveragedModel(model, avg_fn=get_ema_avg_fn(0.999), use_buffers=True)
-        else:
-            ema = AveragedModel(model, multi_avg_fn=_ForeachEMA(0.999), use_buffers=True)
-            ema.__class__ = _HostCountedAverage
-        step = loop_step(model, objective, opt, batch, ema, before)
-        step()
-        step()  # the EMA's first update copies; the second averages
-        out[label] = count_ops(step, dev)
-        out[label + " (EMA update alone)"] = count_ops(
-            lambda ema=ema, model=model: ema.update_parameters(model), dev
-        )
-    if args.compile:
-        import torch._inductor.config as inductor_config
-
-        from train.run import compile_model
-
-        inductor_config.cpp.enable_kernel_profile = True  # fused CPU kernels in the profile
-        model, objective, opt, batch = make(True)
-        ema = AveragedModel(model, multi_avg_fn=_ForeachEMA(0.999), use_buffers=True)
-        ema.__class__ = _HostCountedAverage
-        compile_model(model)
-        step = loop_step(model, objective, opt, batch, ema, False)
-        for _ in range(3):
-            step()
-        out["optimised, now, compiled"] = count_ops(step, dev, compiled=True)
-    return out
-
-
-def sampling_op_counts(args: argparse.Namespace, dev: torch.device, tok: CodeTokenizer) -> dict:
-    """One denoising step of top-k sampling (``num_draws`` draws of one prompt): the plain
-    loop's, and the fast path's step function as it is captured on a GPU (counted eagerly, or
-    compiled), before (fp32 N under bf16 autocast with its cast cache off, K/V padded to
-    ``max_prompt_len`` with a mask, the adaLN kernel's input copies) and now (a bf16 copy of N,
-    no autocast, K/V in the prompt's bucket, no mask for one unpadded prompt, strides). On CPU
-    the adaLN counts as one op except in the reference (bench/opcount.py)."""
-    from bench.opcount import adaln_as_one_kernel, count_ops
-    from codefusion import sampler as S
-    from codefusion.model import attention_mask
-
-    def as_on_gpu(copy_inputs: bool = False):
-        # On CPU N's adaLN counts as one op, as the Triton kernel is one launch on a GPU
-        # (copy_inputs: with the copies its wrapper made before this change).
-        return nullcontext() if dev.type == "cuda" else adaln_as_one_kernel(copy_inputs)
-
-    torch.manual_seed(args.seed)
-    cfg = preset(args.preset, vocab_size=len(tok))
-    model = build_model(cfg, tok).to(dev).eval()
-    schedule = SqrtSchedule(cfg.diffusion_steps, cfg.schedule_offset).to(dev)
-    prompt = " ".join(f"w{len(SPECIAL_TOKENS) + 37 * i}" for i in range(args.prompt_tokens))
-    ids, mask, _ = tok.encode_prompts([prompt], cfg.max_prompt_len)
-    n = args.num_draws
-    out: dict[str, Any] = {"draws": n, "prompt_tokens": int(mask.sum())}
-    with torch.no_grad():
-        enc = model.encode(ids.to(dev), mask.to(dev)).repeat_interleave(n, 0)
-        x = torch.randn(n, cfg.code_len, cfg.latent_dim, device=dev)
-        t_plan, coef = S.step_plan(schedule, schedule.timesteps(None), 0.0)
-        t, c = t_plan[5].expand(n), coef[5]
-
-        def plain(cached_kv) -> Callable[[], Any]:
-            return lambda: S.ddim_step(
-                model, x, t, c, cached_kv or model.denoiser.cross_kv(enc), None
-            )
-
-        with reference_kernels():
-            plain(None)()
-            out["reference (fp32, K/V per step)"] = count_ops(plain(None), dev)
-        kv = model.denoiser.cross_kv(enc)
-        with as_on_gpu():
-            plain(kv)()
-            out["plain loop (fp32, cached K/V)"] = count_ops(plain(kv), dev)
-
-        # Before: the captured step ran fp32 N under autocast (cast cache off under capture)
-        # on K/V padded to max_prompt_len with a mask.
-        s = enc.shape[1]
-        with torch.autocast(dev.type, dtype=torch.bfloat16):
-            kv_amp = model.denoiser.cross_kv(enc)
-        pad = cfg.max_prompt_len - s
-        kv_pad = [tuple(F.pad(a, (0, 0, 0, pad)) for a in pair) for pair in kv_amp]
-        m = attention_mask(F.pad(torch.ones(n, s, dtype=torch.long, device=dev), (0, pad)))
-
-        def before() -> None:
-            with torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False):
-                S.ddim_step(model, x, t, c, kv_pad, m)
-
-        with as_on_gpu(copy_inputs=True):
-            before()
-            out["fast step, before (fp32 N under autocast)"] = count_ops(before, dev)
-
-        def runner_for(backend: str | None) -> S.DenoiseStep:
-            S._STEPS.pop(model, None)
-            g = torch.Generator(device=dev).manual_seed(0)
-            S.sample_fast(
-                model, schedule, enc, None, g, steps=2, use_graph=False,
-                dtype=torch.bfloat16, compile_backend=backend,
-            )  # fmt: skip
-            (runner,) = S._STEPS[model].values()
-            return runner
-
-        runner = runner_for(None)
-        with as_on_gpu():
-            runner._run(model)
-            out["fast step, now (bf16 copy of N)"] = count_ops(lambda: runner._run(model), dev)
-        if args.compile:
-            import torch._inductor.config as inductor_config
-
-            inductor_config.cpp.enable_kernel_profile = True
-            runner = runner_for("inductor")
-            runner._run(model)
-            out["fast step, now, compiled"] = count_ops(
-                lambda: runner._run(model), dev, compiled=True
-            )
-    return out
-
-
-def bench_memory(args: argparse.Namespace, dev: torch.device) -> dict:
-    """Activation bytes saved for backward per example: the slope between two batch sizes
-    (what does not grow with the batch, such as weight casts, cancels), full-length prompts,
-    the optimised path's precision (bf16 autocast; Triton kernels on CUDA)."""
-    cfg = preset(args.preset, vocab_size=args.vocab_size)
-    prompt_len = cfg.max_prompt_len
-
-    def saved(batch_size: int) -> int:
-        torch.manual_seed(args.seed)
-        model = CodeFusionModel(cfg).to(dev).train()
-        objective = CodeFusionObjective(SqrtSchedule(cfg.diffusion_steps).to(dev))
-        batch = synthetic_batch(model, batch_size, prompt_len, args.seed)
-        batch.prompt_mask[:] = 1
-        batch = batch.to(dev)
-        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        seen: dict[int, int] = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            st = t.untyped_storage()
-            if st.data_ptr() not in params:
-                seen[st.data_ptr()] = st.nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            with torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False):
-                objective(model, batch)
-        return sum(seen.values())
-
-    per_example = (saved(4) - saved(2)) / 2
-    return {
-        "code_len": cfg.code_len,
-        "prompt_len": prompt_len,
-        "precision": "bf16 autocast",
-        "kernels": "triton" if triton_active(dev) else "reference",
-        "saved_mib_per_example": per_example / 2**20,
-    }
-
-
 # --- sampling ---------------------------------------------------------------------------------
 
 
-def top_k(
-    cf: CodeFusion, prompt: str, steps: int | None, args: argparse.Namespace, **opts: Any
-) -> list:
-    """``generate``'s work for one prompt: the draws, decoding, ranking, top k."""
-    out = cf.sample_draws([prompt], args.num_draws, steps=steps, seed=args.seed, **opts)
-    codes = [cf.tokenizer.decode(r) for r in out.tokens.tolist()]
-    return rank_candidates(codes, out.scores.tolist(), args.k)
+def top_k(cf: CodeFusion, prompt: str, steps: int | None, args: argparse.Namespace, **opts: Any):
+    """``generate`` for one prompt: the draws, decoding, ranking, top k."""
+    return cf.generate(
+        prompt, k=args.k, num_draws=args.num_draws, seed=args.seed, steps=steps, **opts
+    )
 
 
 def bench_sampling(args: argparse.Namespace, dev: torch.device, tok: CodeTokenizer) -> dict:
     torch.manual_seed(args.seed)
     cfg = preset(args.preset, vocab_size=len(tok))
     cf = CodeFusion(build_model(cfg, tok), tok).to(dev)
-    prompt = " ".join(f"w{len(SPECIAL_TOKENS) + 37 * i}" for i in range(args.prompt_tokens))
+    prompt = synthetic_prompt(args.prompt_tokens)
     total = cfg.diffusion_steps
     full = args.sample_steps or total
     counts = [(f"{full} steps", None if full == total else full)]
@@ -637,247 +282,24 @@ def bench_sampling(args: argparse.Namespace, dev: torch.device, tok: CodeTokeniz
 
 
 def bench_baseline(args: argparse.Namespace, dev: torch.device, tok: CodeTokenizer) -> dict:
-    """The autoregressive baseline's top-k latency, if ``codefusion.baseline`` provides one."""
-    try:
-        from codefusion.baseline import AR_PRESETS, ARBaseline
-    except Exception as e:  # another engineer's module: absent or not importable yet
-        return {"status": "unavailable", "reason": f"{type(e).__name__}: {e}"}
-    name = f"ar-{args.preset}"
-    if name not in AR_PRESETS:
-        return {"status": "skipped", "reason": f"no baseline preset {name}"}
-    try:
-        torch.manual_seed(args.seed)
-        base = ARBaseline.from_preset(name, tok).to(dev)
-        prompt = " ".join(f"w{len(SPECIAL_TOKENS) + 37 * i}" for i in range(args.prompt_tokens))
-        times = timed(
-            lambda: base.generate(prompt, k=args.k, seed=args.seed),
-            args.sample_warmup,
-            args.repeats,
-            dev,
-        )
-        result = {
-            "status": "ok",
-            "preset": name,
-            "parameters": base.num_parameters(),
-            "median_s": statistics.median(times),
-            "all_s": times,
-            "options": f"generate(k={args.k}) defaults (beam search), eager fp32",
-            "max_new_tokens": int(base.config.code_len),
-        }
-    except Exception as e:  # its API may still be moving: report, do not fail the benchmark
-        result = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
-    return result
-
-
-# --- report -----------------------------------------------------------------------------------
-
-
-def environment(args: argparse.Namespace, dev: torch.device) -> dict:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        sha = None
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    if dev.type == "cuda":
-        name = torch.cuda.get_device_name(dev)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
+    """The autoregressive baseline's top-k latency, at the size of ``--preset``."""
+    torch.manual_seed(args.seed)
+    base = ARBaseline.from_preset(args.preset, tok).to(dev)
+    prompt = synthetic_prompt(args.prompt_tokens)
+    times = timed(
+        lambda: base.generate(prompt, k=args.k, seed=args.seed),
+        args.sample_warmup,
+        args.repeats,
+        dev,
+    )
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + shlex.join(sys.argv),
-        "git_sha": sha,
-        "device": dev.type,
-        "device_name": name,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "triton": triton_version,
-        "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
+        "preset": args.preset,
+        "parameters": base.num_parameters(),
+        "median_s": statistics.median(times),
+        "all_s": times,
+        "options": f"generate(k={args.k}) defaults (beam search), eager fp32",
+        "max_new_tokens": int(base.config.code_len),
     }
-
-
-def check_targets(res: dict) -> dict:
-    """The issue's targets; judged only for the paper preset on CUDA (null otherwise)."""
-    judged = res["environment"]["device"] == "cuda" and res["settings"]["preset"] == "paper"
-    met: dict[str, bool | None] = dict.fromkeys(TARGETS)
-    train, samp = res.get("training"), res.get("sampling")
-    if judged and train:
-        met["train_speedup_min"] = train["speedup"] >= TARGETS["train_speedup_min"]
-        mfu = train["optimised"]["mfu"]
-        if train["optimised"]["batch_size"] >= 512:  # the issue: MFU at batch >= 512
-            met["train_mfu_min"] = mfu is not None and mfu >= TARGETS["train_mfu_min"]
-    if judged and samp:
-        runs = samp["runs"]
-        full = runs[0]
-        if full["steps"] == 1200:
-            met["top5_full_max_s"] = full["optimised"]["median_s"] < TARGETS["top5_full_max_s"]
-            met["top5_full_speedup_min"] = (
-                full["speedup"]["optimised"] >= TARGETS["top5_full_speedup_min"]
-            )
-        for run in runs[1:]:
-            if run["steps"] == 100:
-                met["top5_respaced_max_s"] = (
-                    run["optimised"]["median_s"] < TARGETS["top5_respaced_max_s"]
-                )
-    return {"targets": TARGETS, "met": met, "judged": judged}
-
-
-def fmt_s(s: float | None) -> str:
-    if s is None:
-        return "—"
-    return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
-
-
-def markdown(res: dict) -> str:
-    env, st = res["environment"], res["settings"]
-    lines = [
-        f"# Benchmark: preset `{st['preset']}` on {env['device']} ({env['device_name']})",
-        "",
-        f"- command: `{env['command']}`",
-        f"- date: {env['date']}; git {env['git_sha']}",
-        f"- torch {env['torch']} (CUDA {env['cuda']}), triton {env['triton']}, "
-        f"Python {env['python']}, {env['cpu_threads']} CPU thread(s)",
-        f"- parameters: {res['parameters']:,}; vocabulary {st['vocab_size']:,}; random weights",
-        "",
-    ]
-    train = res.get("training")
-    if train:
-        opt_batch = train["optimised"]["batch_size"]
-        lines += [
-            f"## Training (prompt {st['prompt_len']}, "
-            f"code {train['tokens_per_step'] // opt_batch} tokens; "
-            f"median of {st['train_steps']} steps after {st['train_warmup']} warm-up)",
-            "",
-            f"Model FLOPs per step (analytic, batch {opt_batch}): "
-            f"{train['flops_per_step'] / 1e9:,.2f} GFLOP. "
-            f"MFU against {st['peak_tflops']:g} TFLOP/s (CUDA only).",
-            "",
-            "| path | batch | precision | optimizer | kernels | step | code tokens/s | TFLOP/s "
-            "| MFU | peak memory |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for name in ("reference", "optimised"):
-            r = train[name]
-            mfu = "—" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-            mem = "—" if r.get("max_memory_gib") is None else f"{r['max_memory_gib']:.1f} GiB"
-            label = name + (" (compiled)" if r["compiled"] else "")
-            lines.append(
-                f"| {label} | {r['batch_size']} | {r['precision']} | {r['optimizer']} | "
-                f"{r['kernels']} | {fmt_s(r['step_s'])} | {r['tokens_per_s']:,.0f} | "
-                f"{r['achieved_tflops']:.4g} | {mfu} | {mem} |"
-            )
-        lines += ["", f"**Optimised / reference throughput: {train['speedup']:.2f}x**", ""]
-    samp = res.get("sampling")
-    if samp:
-        names = [n for n in ("reference", "eager_cached", "optimised") if n in samp["runs"][0]]
-        lines += [
-            f"## Top-{st['k']} sampling latency ({st['num_draws']} draws, one prompt; "
-            f"median of {st['repeats']} after {st['sample_warmup']} warm-up)",
-            "",
-            "| path | " + " | ".join(r["label"] for r in samp["runs"]) + " |",
-            "|---|" + "---|" * len(samp["runs"]),
-        ]
-        desc = {
-            "reference": "reference: eager fp32, K/V recomputed per step, reference kernels",
-            "eager_cached": "eager fp32, cached K/V, reference kernels",
-            "optimised": "optimised: "
-            + (
-                "CUDA graph, bf16, cached K/V, Triton"
-                if env["device"] == "cuda"
-                else "fast=True on CPU = eager fp32, cached K/V"
-            ),
-        }
-        for n in names:
-            cells = []
-            for r in samp["runs"]:
-                cell = fmt_s(r[n]["median_s"])
-                if n != "reference":
-                    cell += f" ({r['speedup'][n]:.2f}x)"
-                cells.append(cell)
-            lines.append(f"| {desc[n]} | " + " | ".join(cells) + " |")
-        base = res.get("baseline")
-        if base and base.get("status") == "ok":
-            lines.append(
-                f"| AR baseline `{base['preset']}` ({base['options']}, up to "
-                f"{base['max_new_tokens']} tokens; no diffusion steps) | "
-                + " | ".join([fmt_s(base["median_s"])] * len(samp["runs"]))
-                + " |"
-            )
-        lines.append("")
-        lines.append("Ratios in parentheses: reference latency / this path's latency.")
-        if base and base.get("status") != "ok":
-            lines.append(f"AR baseline: {base['status']} ({base.get('reason', '')}).")
-        lines.append("")
-    ops = res.get("op_counts")
-    if ops:
-        lines += op_count_lines(ops, env["device"])
-    mem = res.get("memory")
-    if mem:
-        lines += [
-            "## Activation memory",
-            "",
-            f"Saved for backward per example: **{mem['saved_mib_per_example']:.1f} MiB** "
-            f"(canvas {mem['code_len']}, prompts of {mem['prompt_len']} tokens, "
-            f"{mem['precision']}, {mem['kernels']} kernels).",
-            "",
-        ]
-    tg = res["targets"]
-    lines += ["## Targets (judged for the paper preset on CUDA only)", ""]
-    for key, value in tg["targets"].items():
-        met = tg["met"][key]
-        verdict = "n/a" if met is None else ("met" if met else "NOT met")
-        lines.append(f"- {key} = {value}: {verdict}")
-    return "\n".join(lines) + "\n"
-
-
-def op_count_lines(ops: dict, device: str) -> list[str]:
-    lines = [
-        "## Ops per step (bench/opcount.py)",
-        "",
-        "Dispatched: aten ops that do work (no views, no bare allocations), counted below "
-        "autograd and autocast, eager code only; casts, `.contiguous()` copies and host reads "
-        "(device syncs on a GPU) among them. Profiled: aten calls plus fused kernels of "
-        "compiled code (torch.profiler)."
-        + (" Kernels: CUDA kernels launched." if device == "cuda" else ""),
-        "",
-        "| step | dispatched ops | casts | copies | host reads | profiled ops | kernels |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for part in ("training", "sampling"):
-        for name, c in ops[part].items():
-            if not isinstance(c, dict):
-                continue
-            d, p = c["dispatched"], c["profiled"]
-            cells = ["—"] * 4 if d is None else [d["ops"], d["casts"], d["copies"], d["host_reads"]]
-            kernels = "—" if p["kernels"] is None else p["kernels"]
-            lines.append(
-                f"| {part}: {name} | "
-                + " | ".join(map(str, cells))
-                + f" | {p['ops']} | {kernels} |"
-            )
-    t, s = ops["training"], ops["sampling"]
-    lines += [
-        "",
-        f"Training: batch {t['batch_size']}, one step of the training loop (objective, backward, "
-        "clipping, AdamW, EMA; bf16 autocast with Lightning's settings). Sampling: one "
-        f"denoising step of {s['draws']} draws of a {s['prompt_tokens']}-token prompt.",
-        "",
-    ]
-    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

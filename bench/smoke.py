@@ -10,7 +10,7 @@ Writes ``DIR/smoke.json`` and exits 0 when no check failed. Checks, in order:
   denoiser's shift/scale are slices of a [B, 9, D] tensor); the tolerances of
   tests/test_kernels.py;
 - ``graph_capture`` (CUDA): the fast sampler's step (bf16 copy of N, compiled with inductor)
-  captured as one CUDA graph under :func:`codefusion.sampler.strict_graphs` (a failed capture
+  captured as one CUDA graph under :func:`codefusion.sampling.graph.strict_graphs` (a failed capture
   is an error), its replay equal to the same step run without the graph, and a whole sampling
   call compared with the plain fp32 loop;
 - ``training``: both stages on tiny fixture data (written here: no real data) with
@@ -171,8 +171,9 @@ def check_graph_capture(dev: torch.device, _work: Path) -> dict[str, Any]:
 
 def capture_and_compare(dev: torch.device, backend: str = "inductor") -> dict[str, Any]:
     """The graph check itself (a CPU test runs it with a stand-in graph and backend eager)."""
-    from codefusion import sampler as S
     from codefusion.model import attention_mask
+    from codefusion.sampling import SamplingOptions, ddim
+    from codefusion.sampling import graph as S
 
     cf = _tiny_codefusion(dev)
     model, sched = cf.model, cf.schedule
@@ -181,13 +182,13 @@ def capture_and_compare(dev: torch.device, backend: str = "inductor") -> dict[st
     out: dict[str, Any] = {}
     with torch.no_grad(), S.strict_graphs():
         S._STEPS.pop(model, None)
-        fast = S.sample_fast(
+        fast = S.sample_graph(
             model,
             sched,
             enc,
             None,
             torch.Generator(device=dev).manual_seed(3),
-            steps=8,
+            SamplingOptions(steps=8),
             use_graph=True,
             dtype=torch.bfloat16,
             compile_backend=backend,
@@ -203,12 +204,12 @@ def capture_and_compare(dev: torch.device, backend: str = "inductor") -> dict[st
             runner.x.shape, device=dev, generator=torch.Generator(device=dev).manual_seed(1)
         )
         kv = runner.net.cross_kv(enc.to(torch.bfloat16))
-        t_plan, coef = S.step_plan(sched, sched.timesteps(8), 0.0)
+        plan = ddim.StepPlan.build(sched, sched.timesteps(8), 0.0)
         results = []
         for replay in (True, False):
             runner.load(x, kv, None, None)
-            runner.t.copy_(t_plan[2])
-            runner.coef.copy_(coef[2])
+            runner.t.copy_(plan.t[2])
+            runner.coef.copy_(plan.coef[2])
             runner.graph.replay() if replay else runner._run(model)
             results.append((runner.x.clone(), runner.x0.clone()))
         if dev.type == "cuda":
@@ -217,8 +218,13 @@ def capture_and_compare(dev: torch.device, backend: str = "inductor") -> dict[st
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         diffs = [(a - b).abs().max().item() for a, b in zip(*results, strict=True)]
         out["replay_vs_step_max_abs"] = max(diffs)
-        plain = S.sample(
-            model, sched, enc, None, torch.Generator(device=dev).manual_seed(3), steps=8
+        plain = ddim.sample(
+            model,
+            sched,
+            enc,
+            None,
+            torch.Generator(device=dev).manual_seed(3),
+            SamplingOptions(steps=8, fast=False),
         )
         agree = (fast.tokens == plain.tokens).float().mean().item()
         out["tokens_equal_to_plain_fp32_loop"] = agree
@@ -226,13 +232,13 @@ def capture_and_compare(dev: torch.device, backend: str = "inductor") -> dict[st
         if agree < 0.9:  # bf16 may flip a close argmax, not a tenth of the tokens
             raise RuntimeError(f"graph path and plain loop agree on {agree:.0%} of tokens only")
         masked = attention_mask(torch.ones(10, enc.shape[1], dtype=torch.long, device=dev))
-        S.sample_fast(
+        S.sample_graph(
             model,
             sched,
             enc,
             masked,
             torch.Generator(device=dev).manual_seed(3),
-            steps=8,
+            SamplingOptions(steps=8),
             use_graph=True,
             dtype=torch.bfloat16,
             compile_backend=backend,
@@ -243,7 +249,7 @@ def capture_and_compare(dev: torch.device, backend: str = "inductor") -> dict[st
 
 def check_training(dev: torch.device, work: Path) -> dict[str, Any]:
     from codefusion.pipeline import CodeFusion
-    from codefusion.sampler import strict_graphs
+    from codefusion.sampling.graph import strict_graphs
     from tests.fixtures import write_fixture_data
     from train.config import load_run_config
     from train.run import run

@@ -1,43 +1,57 @@
-"""Load any model directory of this project: CodeFusion or the autoregressive baseline.
+"""The architecture registry: which :class:`~codefusion.generator.Generator` class a model
+directory (or a run config's ``model.architecture``) names.
 
 ``config.json``'s ``"architecture"`` key decides: ``"t5-baseline"`` is an
-:class:`~codefusion.baseline.ARBaseline`; no key is a :class:`~codefusion.pipeline.CodeFusion`.
-Both have ``generate(prompts, k=..., num_draws=..., steps=..., seed=..., allow_empty=...)``
-returning ``Candidate`` lists, ``tokenizer``, ``config``, ``device``, ``to`` and
-``save_pretrained``.
+:class:`~codefusion.baseline.ARBaseline`; no key (``"codefusion"``) is a
+:class:`~codefusion.pipeline.CodeFusion`. Classes are imported when asked for, so that naming
+one costs nothing.
 """
 
 from __future__ import annotations
 
-import json
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from codefusion.baseline import ARCHITECTURE, ARBaseline
 from codefusion.errors import ModelLoadError
-from codefusion.pipeline import CONFIG_FILE, CodeFusion
+from codefusion.generator import (
+    CONFIG_FILE,
+    DEFAULT_ARCHITECTURE,
+    Generator,
+    check_model_dir,
+    read_config,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+ARCHITECTURES: dict[str, str] = {
+    "codefusion": "codefusion.pipeline:CodeFusion",
+    "t5-baseline": "codefusion.baseline:ARBaseline",
+}
 
 
-def architecture_of(path: str | Path) -> str | None:
-    """The ``"architecture"`` of a model directory's config.json (None: CodeFusion, or no readable
-    config, in which case CodeFusion's loader reports what is wrong)."""
-    try:
-        d = json.loads((Path(path) / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return d.get("architecture") if isinstance(d, dict) else None
+def generator_class(architecture: str) -> type[Generator]:
+    """The class of an architecture name; a ``KeyError`` for an unknown one."""
+    module, name = ARCHITECTURES[architecture].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> CodeFusion | ARBaseline:
-    """A CodeFusion or an ARBaseline, as the directory's config.json says; ``ModelLoadError``
-    for a missing or inconsistent directory or an unknown architecture."""
+def architecture_of(path: str | Path) -> str:
+    """The ``"architecture"`` of a model directory's config.json (``ModelLoadError`` for an
+    unreadable one)."""
+    d = read_config(Path(path))
+    return d.get("architecture", DEFAULT_ARCHITECTURE)
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
+    """The generator a model directory holds, as its config.json says; ``ModelLoadError`` for a
+    missing or inconsistent directory or an unknown architecture."""
+    path = check_model_dir(path)
     arch = architecture_of(path)
-    if arch is None:
-        return CodeFusion.from_pretrained(path, device=device)
-    if arch == ARCHITECTURE:
-        return ARBaseline.from_pretrained(path, device=device)
-    raise ModelLoadError(
-        f"{Path(path) / CONFIG_FILE}: unknown architecture {arch!r} "
-        f"(expected none for CodeFusion or {ARCHITECTURE!r})"
-    )
+    if arch not in ARCHITECTURES:
+        raise ModelLoadError(
+            f"{path / CONFIG_FILE}: unknown architecture {arch!r} "
+            f"(expected one of {', '.join(ARCHITECTURES)})"
+        )
+    return generator_class(arch).from_pretrained(path, device=device)

@@ -7,7 +7,9 @@ CodeFusion one: ``config.json`` (the T5 sizes, ``max_prompt_len`` and ``code_len
 ``"architecture": "t5-baseline"`` so that :func:`codefusion.auto.load_generator` can tell the two
 apart), ``model.safetensors`` (never pickle) and the tokenizer files.
 
-``generate`` returns the same ``Candidate`` lists as ``CodeFusion.generate``:
+It is a :class:`~codefusion.generator.Generator` like CodeFusion (same ``generate``, same
+``Candidate`` lists, same ranking); its draw step is T5's decoding and its options are
+:class:`DecodingOptions` (``mode``, ``temperature``, ``top_p``, ``max_new_tokens``):
 
 - ``mode="beam"`` (default): beam search with ``max(k, num_draws or k)`` beams, every beam
   returned, ranked by the beam score (sum of token log-probabilities over the length, i.e. the
@@ -15,47 +17,36 @@ apart), ``model.safetensors`` (never pickle) and the tokenizer files.
 - ``mode="sample"``: ``num_draws`` (default ``2k``) temperature/nucleus samples, ranked by the
   model's own mean token log-probability (untempered, end token included), duplicates removed.
 
-Presets (``AR_PRESETS``), sized like CodeFusion's:
+Presets (``AR_PRESETS``): for each CodeFusion preset, the T5 of about its size, so that a run
+config trains either architecture on equal terms (``model.architecture``):
 
-- ``ar-paper``: T5-small's widths (d_model 512, 8 heads of 64, d_ff 2048, ReLU, tied
-  embeddings; also those of CodeFusion's E) with 9 encoder and 9 decoder layers: 74.5M parameters
-  with a 16,384 vocabulary (CodeFusion ``paper``: 72.9M).
-- ``ar-small``: d_model 128, 4 heads, d_ff 512, 5 + 5 layers: 2.43M with a 1K vocabulary
+- ``paper``: T5-small's widths (d_model 512, 8 heads of 64, d_ff 2048, ReLU, tied embeddings;
+  also those of CodeFusion's E) with 9 encoder and 9 decoder layers: 74.5M parameters with a
+  16,384 vocabulary (CodeFusion ``paper``: 72.9M).
+- ``small``: d_model 128, 4 heads, d_ff 512, 5 + 5 layers: 2.43M with a 1K vocabulary
   (CodeFusion ``small``: 2.33M).
-- ``ar-tiny``: d_model 64, 4 heads, d_ff 256, 3 + 3 layers: 0.41M with a 1K vocabulary
+- ``tiny``: d_model 64, 4 heads, d_ff 256, 3 + 3 layers: 0.41M with a 1K vocabulary
   (CodeFusion ``tiny``: 0.40M); CPU and tests.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
-from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from codefusion.config import ConfigError
 from codefusion.errors import GenerationError, ModelLoadError
-from codefusion.pipeline import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    Candidate,
-    check_model_dir,
-    check_prompts,
-    check_vocab,
-    load_weights,
-    rank_candidates,
-)
-from codefusion.tokenizer import CodeTokenizer, TokenizerError
+from codefusion.generator import Draws, Generator
+from codefusion.tokenizer import CodeTokenizer, up_to_first_stop
 
 ARCHITECTURE = "t5-baseline"
 MODES = ("beam", "sample")
 
 # The T5 fields a baseline's config.json holds, plus our two lengths (the same meaning as in
 # CodeFusionConfig: prompt tokens incl. </s>, and code tokens incl. </s>).
-T5_KEYS = (
+_SIZE_KEYS = (  # positive integers
     "vocab_size",
     "d_model",
     "d_kv",
@@ -65,6 +56,8 @@ T5_KEYS = (
     "num_heads",
     "relative_attention_num_buckets",
     "relative_attention_max_distance",
+)
+T5_KEYS = _SIZE_KEYS + (
     "dropout_rate",
     "layer_norm_epsilon",
     "initializer_factor",
@@ -75,19 +68,7 @@ T5_KEYS = (
 )
 LENGTH_KEYS = ("max_prompt_len", "code_len")
 CONFIG_KEYS = T5_KEYS + LENGTH_KEYS
-_POSITIVE = (
-    "vocab_size",
-    "d_model",
-    "d_kv",
-    "d_ff",
-    "num_layers",
-    "num_decoder_layers",
-    "num_heads",
-    "relative_attention_num_buckets",
-    "relative_attention_max_distance",
-    "max_prompt_len",
-    "code_len",
-)
+_POSITIVE = _SIZE_KEYS + LENGTH_KEYS
 
 _BASE: dict[str, Any] = dict(
     vocab_size=16384,
@@ -100,49 +81,16 @@ _BASE: dict[str, Any] = dict(
     eos_token_id=1,
     decoder_start_token_id=0,
 )
+# The T5 of about the size of each CodeFusion preset (parameters with the vocabulary of that
+# preset's configs). Its lengths and dropout are the CodeFusion preset's own (baseline_config).
 AR_PRESETS: dict[str, dict[str, Any]] = {
-    # 74.5M parameters with a 16K vocabulary (CodeFusion `paper`: 72.9M).
-    "ar-paper": dict(
-        d_model=512,
-        d_kv=64,
-        d_ff=2048,
-        num_layers=9,
-        num_decoder_layers=9,
-        num_heads=8,
-        dropout_rate=0.1,
-        max_prompt_len=128,
-        code_len=128,
-    ),
-    # 2.43M parameters with a 1K vocabulary (CodeFusion `small`: 2.33M).
-    "ar-small": dict(
-        d_model=128,
-        d_kv=32,
-        d_ff=512,
-        num_layers=5,
-        num_decoder_layers=5,
-        num_heads=4,
-        dropout_rate=0.0,
-        max_prompt_len=64,
-        code_len=24,
-    ),
-    # 0.41M parameters with a 1K vocabulary (CodeFusion `tiny`: 0.40M): CPU and tests.
-    "ar-tiny": dict(
-        d_model=64,
-        d_kv=16,
-        d_ff=256,
-        num_layers=3,
-        num_decoder_layers=3,
-        num_heads=4,
-        dropout_rate=0.0,
-        max_prompt_len=48,
-        code_len=32,
-    ),
+    # 74.5M with a 16K vocabulary (CodeFusion `paper`: 72.9M)
+    "paper": dict(d_model=512, d_kv=64, d_ff=2048, num_layers=9, num_decoder_layers=9, num_heads=8),
+    # 2.43M with a 1K vocabulary (CodeFusion `small`: 2.33M)
+    "small": dict(d_model=128, d_kv=32, d_ff=512, num_layers=5, num_decoder_layers=5, num_heads=4),
+    # 0.41M with a 1K vocabulary (CodeFusion `tiny`: 0.40M): CPU and tests
+    "tiny": dict(d_model=64, d_kv=16, d_ff=256, num_layers=3, num_decoder_layers=3, num_heads=4),
 }
-
-
-def is_baseline_preset(name: Any) -> bool:
-    """Whether a run config's ``model.preset`` names the autoregressive baseline (``ar-*``)."""
-    return isinstance(name, str) and name.startswith("ar-")
 
 
 def config_from_dict(d: dict[str, Any]):
@@ -174,17 +122,23 @@ def config_from_dict(d: dict[str, Any]):
 
 
 def config_to_dict(cfg) -> dict[str, Any]:
-    """What config.json holds: the architecture tag, then our keys."""
-    return {"architecture": ARCHITECTURE, **{k: getattr(cfg, k) for k in CONFIG_KEYS}}
+    """Our keys of a ``T5Config`` (config.json holds them after the architecture tag)."""
+    return {k: getattr(cfg, k) for k in CONFIG_KEYS}
 
 
-def baseline_config(name: str = "ar-paper", **overrides: Any):
-    """A preset's ``T5Config`` with overrides (any of ``CONFIG_KEYS``, e.g. ``code_len``)."""
+def baseline_config(name: str = "paper", **overrides: Any):
+    """The ``T5Config`` of the baseline of CodeFusion's preset ``name``: its sizes from
+    ``AR_PRESETS``, its prompt and code lengths and dropout from the CodeFusion preset, then
+    overrides (any of ``CONFIG_KEYS``, e.g. ``code_len``)."""
+    from codefusion.config import preset
+
     if name not in AR_PRESETS:
         raise ConfigError(
             f"unknown baseline preset {name!r}: choose one of {', '.join(AR_PRESETS)}"
         )
-    return config_from_dict({**_BASE, **AR_PRESETS[name], **overrides})
+    cf = preset(name)
+    same = dict(max_prompt_len=cf.max_prompt_len, code_len=cf.code_len, dropout_rate=cf.dropout)
+    return config_from_dict({**_BASE, **same, **AR_PRESETS[name], **overrides})
 
 
 def build_baseline(cfg, tokenizer: CodeTokenizer):
@@ -194,7 +148,6 @@ def build_baseline(cfg, tokenizer: CodeTokenizer):
     from transformers import T5ForConditionalGeneration
 
     d = config_to_dict(baseline_config(cfg) if isinstance(cfg, str) else cfg)
-    del d["architecture"]
     d.update(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_id,
@@ -204,99 +157,86 @@ def build_baseline(cfg, tokenizer: CodeTokenizer):
     return T5ForConditionalGeneration(config_from_dict(d))
 
 
-class ARBaseline:
+@dataclass(frozen=True)
+class DecodingOptions:
+    """The baseline's generation options (see the module docstring).
+
+    ``max_new_tokens`` defaults to ``code_len``, the length the model was trained on (end
+    token included); ``temperature`` and ``top_p`` apply to ``mode="sample"``."""
+
+    mode: str = "beam"
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int | None = None
+
+
+class ARBaseline(Generator):
     """A trained autoregressive (T5) baseline with its tokenizer, ready to generate."""
 
     architecture = ARCHITECTURE
+    Options = DecodingOptions
 
-    def __init__(self, model, tokenizer: CodeTokenizer) -> None:
-        cfg = model.config
-        if cfg.vocab_size != len(tokenizer):
-            raise ModelLoadError(
-                f"config vocab_size {cfg.vocab_size} does not match the tokenizer's {len(tokenizer)}"
-            )
+    @classmethod
+    def from_preset(cls, name: str, tokenizer: CodeTokenizer, **overrides: Any) -> ARBaseline:
+        """A randomly initialised baseline of the size of CodeFusion's preset ``name``
+        (``paper``, ``small``, ``tiny``); overrides: any of ``CONFIG_KEYS``."""
+        return cls(build_baseline(baseline_config(name, **overrides), tokenizer), tokenizer)
+
+    @classmethod
+    def check_fits(cls, config: Any, tokenizer: CodeTokenizer) -> None:
+        super().check_fits(config, tokenizer)
         for key, want in (
             ("pad_token_id", tokenizer.pad_id),
             ("eos_token_id", tokenizer.eos_id),
             ("decoder_start_token_id", tokenizer.pad_id),
         ):
-            if getattr(cfg, key) != want:
+            if getattr(config, key) != want:
                 raise ModelLoadError(
-                    f"config {key} {getattr(cfg, key)} does not match the tokenizer's {want}"
+                    f"config {key} {getattr(config, key)} does not match the tokenizer's {want}"
                 )
         for key in LENGTH_KEYS:
-            if not isinstance(getattr(cfg, key, None), int):
+            if not isinstance(getattr(config, key, None), int):
                 raise ModelLoadError(f"the model's config lacks {key}")
-        self.model = model.eval()
-        self.tokenizer = tokenizer
+
+    # --- config.json --------------------------------------------------------------------------
+    @classmethod
+    def config_from_dict(cls, d: dict[str, Any]):
+        return config_from_dict(d)
+
+    def config_to_dict(self) -> dict[str, Any]:
+        return {"architecture": ARCHITECTURE, **config_to_dict(self.config)}
 
     @classmethod
-    def from_preset(cls, name: str, tokenizer: CodeTokenizer, **overrides: Any) -> ARBaseline:
-        """A randomly initialised baseline of a preset (``ar-paper``, ``ar-small``, ``ar-tiny``)."""
-        return cls(build_baseline(baseline_config(name, **overrides), tokenizer), tokenizer)
-
-    @property
-    def config(self):
-        """The ``T5Config`` (with ``max_prompt_len`` and ``code_len``)."""
-        return self.model.config
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device: str | torch.device) -> ARBaseline:
-        self.model.to(device)
-        return self
-
-    def num_parameters(self) -> int:
-        """Distinct parameters (the tied embedding counted once)."""
-        return sum(p.numel() for p in self.model.parameters())
-
-    # --- save / load -------------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path) -> None:
-        from safetensors.torch import save_model
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_FILE).write_text(
-            json.dumps(config_to_dict(self.config), indent=2) + "\n", encoding="utf-8"
-        )
-        save_model(self.model, str(path / WEIGHTS_FILE))
-        self.tokenizer.save_pretrained(path)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> ARBaseline:
-        """Load a baseline directory; every problem is a ``ModelLoadError`` naming the file."""
+    def model_from_config(cls, config: Any) -> torch.nn.Module:
         from transformers import T5ForConditionalGeneration
 
-        path = check_model_dir(path)
-        try:
-            d = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ModelLoadError(f"{path / CONFIG_FILE}: cannot read model config ({e})") from None
-        if not isinstance(d, dict):
-            raise ModelLoadError(f"{path / CONFIG_FILE}: model config must be a JSON object")
-        arch = d.pop("architecture", None)
-        if arch != ARCHITECTURE:
-            raise ModelLoadError(
-                f"{path / CONFIG_FILE}: architecture is {arch!r}, not {ARCHITECTURE!r}"
-            )
-        try:
-            cfg = config_from_dict(d)
-            tokenizer = CodeTokenizer.from_pretrained(path)
-        except ConfigError as e:
-            raise ModelLoadError(f"{path / CONFIG_FILE}: {e}") from None
-        except TokenizerError as e:
-            raise ModelLoadError(str(e)) from None
-        check_vocab(cfg.vocab_size, tokenizer, path)
-        model = T5ForConditionalGeneration(cfg)
-        load_weights(model, path, device)
-        try:
-            return cls(model.to(device), tokenizer)
-        except ModelLoadError as e:
-            raise ModelLoadError(f"{path / CONFIG_FILE}: {e}") from None
+        return T5ForConditionalGeneration(config)
 
     # --- generation --------------------------------------------------------------------------
+    def check_options(self, options: DecodingOptions) -> None:
+        if options.mode not in MODES:
+            raise GenerationError(f"mode must be 'beam' or 'sample', not {options.mode!r}")
+        if not options.temperature > 0:
+            raise GenerationError(f"temperature must be positive, got {options.temperature}")
+        if not 0 < options.top_p <= 1:
+            raise GenerationError(f"top_p must lie in (0, 1], got {options.top_p}")
+        if options.max_new_tokens is not None and options.max_new_tokens < 1:
+            raise GenerationError(
+                f"max_new_tokens must be at least 1, got {options.max_new_tokens}"
+            )
+
+    def default_draws(self, k: int, options: DecodingOptions) -> int:
+        return k if options.mode == "beam" else 2 * k
+
+    def draw(self, ids, mask, num_draws: int, seed: int, options: DecodingOptions) -> Draws:
+        """The draw step: beam search or sampling (``_draw``), the decoder start token cut."""
+        o, dev = options, self.device
+        max_new = self.config.code_len if o.max_new_tokens is None else o.max_new_tokens
+        seqs, scores = self._draw(
+            ids.to(dev), mask.to(dev), o.mode, num_draws, max_new, seed, o.temperature, o.top_p
+        )
+        return Draws(seqs[:, 1:], scores)
+
     @torch.no_grad()
     def sequence_scores(
         self, ids: torch.Tensor, mask: torch.Tensor, sequences: torch.Tensor
@@ -308,70 +248,8 @@ class ARBaseline:
         dec_in, target = sequences[:, :-1], sequences[:, 1:]
         logits = self.model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec_in).logits
         logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, target.unsqueeze(-1))[..., 0]
-        stop = (target == self.tokenizer.eos_id) | (target == self.tokenizer.pad_id)
-        before = (stop.long().cumsum(1) - stop.long()) == 0  # up to and including the first stop
+        before = up_to_first_stop(target, (self.tokenizer.eos_id, self.tokenizer.pad_id))
         return (logp * before).sum(1) / before.sum(1).clamp(min=1)
-
-    def generate(
-        self,
-        prompts: str | Sequence[str],
-        k: int = 5,
-        num_draws: int | None = None,
-        steps: int | None = None,
-        seed: int = 0,
-        allow_empty: bool = False,
-        mode: str = "beam",
-        temperature: float = 1.0,
-        top_p: float = 0.95,
-        max_new_tokens: int | None = None,
-        syntax_rank: str | None = None,
-        **ignored: Any,
-    ) -> list[Candidate] | list[list[Candidate]]:
-        """Top-k programs per prompt, best first, duplicates removed (see the module docstring).
-
-        ``steps`` and other CodeFusion options (``eta``, ``clamp``) are accepted and ignored, so
-        one harness can call both models alike. ``max_new_tokens`` defaults to ``code_len`` (the
-        length the model was trained on, end token included). The same seed gives the same
-        output. A single prompt string returns one list; a list of prompts, a list of lists.
-        """
-        single = isinstance(prompts, str)
-        if mode not in MODES:
-            raise GenerationError(f"mode must be 'beam' or 'sample', not {mode!r}")
-        if k < 1:
-            raise GenerationError(f"k must be at least 1, got {k}")
-        if num_draws is None:
-            num_draws = k if mode == "beam" else 2 * k
-        if num_draws < k:
-            raise GenerationError(f"k={k} is larger than the number of draws ({num_draws})")
-        if not temperature > 0:
-            raise GenerationError(f"temperature must be positive, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise GenerationError(f"top_p must lie in (0, 1], got {top_p}")
-        max_new = self.config.code_len if max_new_tokens is None else max_new_tokens
-        if max_new < 1:
-            raise GenerationError(f"max_new_tokens must be at least 1, got {max_new}")
-        plist = check_prompts(prompts, allow_empty)
-        ids, mask, truncated = self.tokenizer.encode_prompts(plist, self.config.max_prompt_len)
-        for i, cut in enumerate(truncated):
-            if cut:
-                warnings.warn(
-                    f"prompt {i} is longer than {self.config.max_prompt_len} tokens and was truncated",
-                    stacklevel=2,
-                )
-        dev = self.device
-        ids, mask = ids.to(dev), mask.to(dev)
-        seqs, scores = self._draw(ids, mask, mode, num_draws, max_new, seed, temperature, top_p)
-        n = num_draws
-        results = [
-            rank_candidates(
-                [self.tokenizer.decode(r[1:]) for r in seqs[i * n : (i + 1) * n].tolist()],
-                scores[i * n : (i + 1) * n].tolist(),
-                k,
-                syntax_rank,
-            )
-            for i in range(len(plist))
-        ]
-        return results[0] if single else results
 
     @torch.no_grad()
     def _draw(

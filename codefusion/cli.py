@@ -17,31 +17,42 @@ from codefusion.errors import UserError
 DEFAULT_CACHE = Path.home() / ".cache" / "codefusion"
 
 
+def _generate_options(args: argparse.Namespace) -> dict:
+    """The generator's own options among the flags: only those given (another model's option is
+    then the generator's one-line error, not silently ignored)."""
+    given = {"steps": args.steps, "eta": args.eta, "mode": args.mode}
+    options = {k: v for k, v in given.items() if v is not None}
+    if args.clamp:
+        options["clamp"] = True
+    return options
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from codefusion.generator import check_model_dir
+
+    check_model_dir(args.model)  # a missing directory or file: said before torch loads
     import torch
 
     from codefusion.auto import load_generator
-    from codefusion.baseline import ARBaseline
+    from codefusion.pipeline import CodeFusion
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cf = load_generator(args.model, device=device)
-    ar = isinstance(cf, ARBaseline)  # `--mode` goes to the baseline only
+    gen = load_generator(args.model, device=device)
+    options = _generate_options(args)
+    gen.options(**options)  # a bad option is an error before anything is generated
     if args.show_steps:
-        if ar:
+        if not isinstance(gen, CodeFusion):
             raise UserError("--show-steps needs a diffusion model, not the autoregressive baseline")
-        _show_steps(cf, args)
+        _show_steps(gen, args, options)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = cf.generate(
+        results = gen.generate(
             args.prompts,
             k=args.k,
             num_draws=args.draws,
-            steps=args.steps,
             seed=args.seed,
-            eta=args.eta,
-            clamp=args.clamp,
             syntax_rank=args.syntax_rank,
-            **({"mode": args.mode} if ar and args.mode else {}),
+            **options,
         )
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
@@ -60,19 +71,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_steps(cf, args: argparse.Namespace) -> None:
+def _show_steps(cf, args: argparse.Namespace, options: dict) -> None:
     """Replay the denoising of the first draw: the code decoded from x0_hat at a few steps."""
     ts = cf.schedule.timesteps(args.steps)
     picks = sorted({ts[round(i * (len(ts) - 1) / 7)] for i in range(8)}, reverse=True)
-    out = cf.sample_draws(
-        args.prompts[:1],
-        1,
-        steps=args.steps,
-        seed=args.seed,
-        eta=args.eta,
-        clamp=args.clamp,
-        trace_at=set(picks),
-    )
+    out = cf.sample_draws(args.prompts[:1], 1, seed=args.seed, trace_at=set(picks), **options)
     print(f"denoising '{args.prompts[0]}' (draw 1, {len(ts)} steps):", file=sys.stderr)
     for t, tokens in out.trace:
         print(f"  t={t:5d}  {cf.tokenizer.decode(tokens[0].tolist())}", file=sys.stderr)
@@ -141,14 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=int,
         default=None,
-        help="denoising steps (default: all T; fewer are respaced)",
+        help="CodeFusion: denoising steps (default: all T; fewer are respaced)",
     )
     g.add_argument(
         "--seed", type=int, default=0, help="random seed: the same seed gives the same output"
     )
-    g.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 ancestral")
     g.add_argument(
-        "--clamp", action="store_true", help="clamp each step's x0 to the nearest token embedding"
+        "--eta", type=float, help="CodeFusion: DDIM eta, 0 deterministic (default), 1 ancestral"
+    )
+    g.add_argument(
+        "--clamp",
+        action="store_true",
+        help="CodeFusion: clamp each step's x0 to the nearest token embedding",
     )
     g.add_argument(
         "--syntax-rank", choices=["python", "bash", "cf"], help="rank candidates that parse first"
@@ -160,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--mode",
         choices=["beam", "sample"],
-        help="autoregressive baseline only: beam search (default) or nucleus sampling",
+        help="the autoregressive baseline: beam search (default) or nucleus sampling",
     )
     g.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     g.set_defaults(func=_cmd_generate)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,10 @@ class ConfigError(UserError):
     """A configuration is invalid or does not match what it is used with."""
 
 
+# Keys that config.json files written before they were dropped still hold; nothing read them.
+_LEGACY_KEYS = ("mask_id", "extra")
+
+
 @dataclass
 class CodeFusionConfig:
     """Sizes of E, N, D, H, L and of the diffusion process."""
@@ -26,7 +30,6 @@ class CodeFusionConfig:
     vocab_size: int = 16384
     pad_id: int = 0
     eos_id: int = 1
-    mask_id: int = 3
     # Encoder E: a T5 encoder. ``encoder`` holds a full ``T5Config`` dict when the encoder came
     # from a local checkpoint (its own sizes win over the fields below).
     encoder_dim: int = 512
@@ -58,13 +61,12 @@ class CodeFusionConfig:
     # Self-conditioning (Chen et al., Analog Bits): N also reads its own previous estimate of x0.
     self_condition: bool = False
     # A length head on E(s): predicts the number of code tokens, so that sampling can fix the
-    # end token's position (see sampler.py) instead of hoping N places it.
+    # end token's position (see pipeline.py) instead of hoping N places it.
     length_head: bool = False
     # Diffusion: square-root schedule over T steps; N predicts x0 (see diffusion.py for why).
     diffusion_steps: int = 1200
     schedule_offset: float = 1e-4
     prediction: str = "x0"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.hidden_dim % self.heads:
@@ -84,6 +86,7 @@ class CodeFusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CodeFusionConfig:
+        d = {k: v for k, v in d.items() if k not in _LEGACY_KEYS}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -126,7 +129,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_prompt_len=48,
         dropout=0.0,
     ),
-    # A CPU-scale model (~1.5M parameters with a 1K vocabulary): the README's CPU results.
+    # A CPU-scale model (2.33M parameters with a 1K vocabulary): the README's CPU results.
     "small": dict(
         encoder_dim=128,
         encoder_layers=2,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from codefusion.diffusion import Batch, content_length, content_mask
+from codefusion.diffusion import Batch, content_length, content_mask, predict_x0
 from codefusion.model import CodeFusionModel, attention_mask
 from codefusion.schedule import SqrtSchedule
 
@@ -58,17 +58,12 @@ def model_diagnostics(
         tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = schedule.q_sample(x0, tt, eps)
-        x0_hat = _predict_x0(model, schedule, x_t, tt, kv_n, cross_mask, None)
+        x0_hat = predict_x0(model, schedule, x_t, tt, kv_n, cross_mask, None)
         if cfg.self_condition:  # as in sampling: N reads an estimate of x0 (here its own)
-            x0_hat = _predict_x0(model, schedule, x_t, tt, kv_n, cross_mask, x0_hat)
+            x0_hat = predict_x0(model, schedule, x_t, tt, kv_n, cross_mask, x0_hat)
         out[f"x0_nn_acc@{t}"] = acc((x0_hat @ table.T).argmax(-1))
     if model.length_head is not None:
         pred = model.length_logits(enc, batch.prompt_mask).argmax(-1)
         gold = content_length(batch.code_ids, cfg.pad_id, cfg.eos_id)
         out["length_head_acc"] = float((pred == gold).float().mean())
     return out
-
-
-def _predict_x0(model, schedule, x_t, t, kv, cross_mask, x0_prev):
-    out = model.denoise(x_t, t, kv, cross_mask, x0_prev)
-    return out if model.config.prediction == "x0" else schedule.x0_from_eps(x_t, t, out)

@@ -39,10 +39,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from codefusion.kernels import linear_cross_entropy
 from codefusion.model import CodeFusionModel, attention_mask
 from codefusion.schedule import SqrtSchedule
+from codefusion.tokenizer import up_to_first_stop
 
 
 @dataclass
@@ -67,8 +69,7 @@ class Batch:
 
 def content_mask(code_ids: torch.Tensor, pad_id: int, eos_id: int) -> torch.Tensor:
     """[B, C] bool: positions up to and including the first end/pad token."""
-    is_end = ((code_ids == pad_id) | (code_ids == eos_id)).long()
-    return (torch.cumsum(is_end, dim=1) - is_end) == 0
+    return up_to_first_stop(code_ids, (pad_id, eos_id))
 
 
 def position_weights(
@@ -83,8 +84,7 @@ def position_weights(
 
 def content_length(code_ids: torch.Tensor, pad_id: int, eos_id: int) -> torch.Tensor:
     """[B] number of code tokens before the first end/pad token (the length head's target)."""
-    is_end = (code_ids == pad_id) | (code_ids == eos_id)
-    return (torch.cumsum(is_end.long(), dim=1) == 0).sum(1)
+    return up_to_first_stop(code_ids, (pad_id, eos_id), inclusive=False).sum(1)
 
 
 # Noise-term weight on ||x0_hat - x0||^2 as a function of SNR(t) [B].
@@ -97,8 +97,25 @@ NOISE_WEIGHTINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 DECODER_INPUTS = ("x0_hat", "clean", "noised")
 
 
-class CodeFusionObjective:
-    """Computes the loss terms of a batch for a model under a schedule (options: module doc)."""
+def predict_x0(
+    model: CodeFusionModel,
+    schedule: SqrtSchedule,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    kv: list,
+    cross_mask: torch.Tensor | None,
+    x0_prev: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """N's estimate of x0, whatever N's parametrisation (x0, or eps converted)."""
+    out = model.denoise(x_t, t, kv, cross_mask, x0_prev)
+    return out if model.config.prediction == "x0" else schedule.x0_from_eps(x_t, t, out)
+
+
+class CodeFusionObjective(nn.Module):
+    """Computes the loss terms of a batch for a model under a schedule (options: module doc).
+
+    A module only so that the schedule's constants move with whatever holds it (the Lightning
+    module); it has no parameters."""
 
     def __init__(
         self,
@@ -122,6 +139,7 @@ class CodeFusionObjective:
             )
         if not 0 <= decoder_max_t < schedule.steps:
             raise ValueError(f"decoder_max_t must lie in [0, {schedule.steps - 1}]")
+        super().__init__()
         self.schedule, self.pad_weight, self.weights = schedule, pad_weight, weights
         self.noise_weight = NOISE_WEIGHTINGS[noise_weighting]
         self.decoder_input, self.decoder_max_t = decoder_input, decoder_max_t
@@ -140,20 +158,7 @@ class CodeFusionObjective:
         mask = torch.where(u[:, None], torch.ones_like(batch.prompt_mask), batch.prompt_mask)
         return enc, attention_mask(mask)
 
-    def predict_x0(
-        self,
-        model: CodeFusionModel,
-        x_t: torch.Tensor,
-        t: torch.Tensor,
-        kv: list,
-        cross_mask: torch.Tensor,
-        x0_prev: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """N's estimate of x0, whatever N's parametrisation."""
-        out = model.denoise(x_t, t, kv, cross_mask, x0_prev)
-        return out if model.config.prediction == "x0" else self.schedule.x0_from_eps(x_t, t, out)
-
-    def __call__(
+    def forward(
         self, model: CodeFusionModel, batch: Batch, with_accuracy: bool = False
     ) -> dict[str, torch.Tensor]:
         """Loss terms (and optionally the token accuracy of argmax H on content positions)."""
@@ -171,8 +176,8 @@ class CodeFusionObjective:
         # ranks may differ; every parameter of N gets a gradient either way.
         if cfg.self_condition and random.random() < self.self_cond_prob:
             with torch.no_grad():
-                x0_prev = self.predict_x0(model, x_t, t, kv_n, cross_mask).detach()
-        x0_hat = self.predict_x0(model, x_t, t, kv_n, cross_mask, x0_prev)  # N
+                x0_prev = predict_x0(model, sched, x_t, t, kv_n, cross_mask).detach()
+        x0_hat = predict_x0(model, sched, x_t, t, kv_n, cross_mask, x0_prev)  # N
 
         if self.decoder_input == "x0_hat":
             d_in = x0_hat
@@ -214,3 +219,11 @@ class CodeFusionObjective:
                 hits = (model.logits(h).argmax(-1) == batch.code_ids) & content
                 out["token_acc"] = hits.sum() / content.sum().clamp_min(1)
         return out
+
+    def diagnostics(
+        self, model: CodeFusionModel, batch: Batch, generator: torch.Generator
+    ) -> dict[str, float]:
+        """Where a model generates well or badly (:mod:`codefusion.diagnostics`), on a batch."""
+        from codefusion.diagnostics import model_diagnostics
+
+        return model_diagnostics(model, self.schedule, batch, generator=generator)

@@ -10,12 +10,14 @@
 
 Attention goes through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on
 GPU). Cross-attention keys/values depend only on E's output, so ``cross_kv`` computes them once
-and every denoising step reuses them (see sampler.py).
+and every denoising step reuses them (see codefusion/sampling).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -181,7 +183,7 @@ class Denoiser(Stack):
         if self.self_condition:
             x_t = torch.cat([x_t, torch.zeros_like(x_t) if x0_prev is None else x0_prev], -1)
         # N's own dtype for its inputs: a no-op for the fp32 model (autocast casts in training);
-        # the fast sampler runs a bf16 copy of N on fp32 latents (sampler.py).
+        # the CUDA-graph sampler runs a bf16 copy of N on fp32 latents (sampling/graph.py).
         dtype = self.in_proj.weight.dtype
         x_t = x_t.to(dtype)
         temb = self.time_mlp(timestep_embedding(t, self.in_proj.out_features).to(dtype))  # [B, d]
@@ -340,6 +342,62 @@ class CodeFusionModel(nn.Module):
         counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
         counts["total"] = sum(counts.values())
         return counts
+
+    # --- FLOPs (as nanoGPT's estimate_mfu) -----------------------------------------------------
+    def estimate_flops(self, batch_size: int, prompt_len: int) -> dict[str, Any]:
+        """Model FLOPs of one training step on ``batch_size`` rows of ``prompt_len`` prompt
+        tokens and a full canvas, analytic (checked against ``torch.utils.flop_counter``).
+
+        Forward: 2 x (weights of every nn.Linear) x (tokens that linear sees: prompt tokens for
+        E and the cross-attention K/V projections, code tokens for the rest, one row per example
+        for the timestep MLPs), plus the attention matmuls (QK^T and AV: 4 x B x Sq x Sk x width
+        per layer). A training step (forward + backward) is 3 x forward. Returns ``forward``,
+        ``train_step`` and the linear weights per prompt token, code token and example."""
+        cfg = self.config
+        b, s, c = batch_size, prompt_len, cfg.code_len
+
+        def linear_weights(module: nn.Module, keep: Callable[[str], bool] = lambda n: True) -> int:
+            return sum(
+                m.weight.numel()
+                for n, m in module.named_modules()
+                if isinstance(m, nn.Linear) and keep(n)
+            )
+
+        def kv(n: str) -> bool:
+            return n.endswith("cross_attn.kv_proj")
+
+        def timestep(n: str) -> bool:
+            return n.startswith(("time_mlp", "time_mod"))
+
+        stacks = (self.denoiser, self.decoder)
+        per_prompt_token = linear_weights(self.encoder) + sum(linear_weights(m, kv) for m in stacks)
+        per_example = linear_weights(self.denoiser, timestep)
+        per_code_token = linear_weights(self.head) + sum(
+            linear_weights(m, lambda n: not kv(n) and not timestep(n)) for m in stacks
+        )
+        matmul = 2 * (per_prompt_token * b * s + per_code_token * b * c + per_example * b)
+        enc = self.encoder.config
+        d = cfg.hidden_dim
+        attention = 4 * b * s * s * enc.num_heads * enc.d_kv * enc.num_layers + (
+            cfg.denoiser_layers + cfg.decoder_layers
+        ) * (4 * b * c * c * d + 4 * b * c * s * d)
+        forward = matmul + attention
+        return {
+            "forward": float(forward),
+            "train_step": float(3 * forward),
+            "matmul_weights": {
+                "per_prompt_token": per_prompt_token,
+                "per_code_token": per_code_token,
+                "per_example": per_example,
+            },
+        }
+
+    def estimate_mfu(
+        self, batch_size: int, prompt_len: int, step_s: float, peak_flops: float
+    ) -> float:
+        """Model FLOPs utilisation of a training step that took ``step_s`` seconds, against a
+        device's peak FLOP/s (an H100 SXM's bf16 dense peak is 989e12)."""
+        return self.estimate_flops(batch_size, prompt_len)["train_step"] / step_s / peak_flops
 
 
 def attention_mask(mask: torch.Tensor) -> torch.Tensor:

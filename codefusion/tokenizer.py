@@ -23,6 +23,23 @@ PAD, EOS, UNK, MASK = "<pad>", "</s>", "<unk>", "<mask>"
 SPECIAL_TOKENS = [PAD, EOS, UNK, MASK]  # ids 0..3 in a tokenizer we train
 
 
+def up_to_first_stop(
+    ids: torch.Tensor, stop_ids: Sequence[int], inclusive: bool = True
+) -> torch.Tensor:
+    """[B, L] bool: the positions of each row before its first stop token (one of ``stop_ids``),
+    and that token itself when ``inclusive``. A row without a stop token is all True.
+
+    The canvas's content is ``up_to_first_stop(ids, (pad, eos))``: the code tokens and the end
+    token that decoding stops at; ``inclusive=False`` counts the code tokens alone."""
+    first, *rest = stop_ids
+    is_stop = ids == first
+    for s in rest:
+        is_stop = is_stop | (ids == s)
+    is_stop = is_stop.long()
+    seen = torch.cumsum(is_stop, dim=1)
+    return (seen - is_stop) == 0 if inclusive else seen == 0
+
+
 class TokenizerError(UserError):
     """A tokenizer cannot be built or loaded, or lacks a token the model needs."""
 
@@ -148,14 +165,17 @@ class CodeTokenizer:
         ).strip()
 
 
-def tokenizer_corpus(data_dir=None, python_corpus=None) -> Iterable[str]:
-    """Training text for the tokenizer: train splits (code and prompts) and pre-training snippets.
+def tokenizer_corpus(
+    data_dir=None, python_corpus=None, languages: Sequence[str] | None = None
+) -> Iterable[str]:
+    """Training text for the tokenizer: train splits (code and prompts) and pre-training snippets
+    of ``languages`` (default: every benchmark), in that order.
 
     Test splits are never read.
     """
     from codefusion.data import BENCHMARKS, load_benchmark, load_snippets
 
-    for lang in BENCHMARKS:
+    for lang in BENCHMARKS if languages is None else languages:
         examples, _ = load_benchmark(lang, "train", data_dir)
         for ex in examples:
             yield ex.code

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from eval.harness import Nl2BashSubset
 
 
+DIAGNOSE_STEPS = 100  # `diagnose`'s sampling steps for a diffusion model
+
+
 def _run(args: argparse.Namespace) -> int:
     import torch
 
@@ -29,17 +32,19 @@ def _run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = load_generator(args.model, device=device)
     examples = _examples(args)
-    options = {
+    given = {
         "num_draws": args.draws,
         "steps": args.steps,
         "clamp": args.clamp,
         "syntax_rank": args.syntax_rank,
         "length": args.length,
         "length_candidates": args.length_candidates,
+        "mode": args.mode,
     }
-    if args.mode:
-        options["mode"] = args.mode
-    options = {k: v for k, v in options.items() if v not in (None, False)}
+    options = {k: v for k, v in given.items() if v not in (None, False)}
+    # Only the flags given reach the generator: another model's option is its one-line error,
+    # raised here before anything is generated.
+    gen.options(**{k: v for k, v in options.items() if k not in ("num_draws", "syntax_rank")})
     out = Path(args.out or f"results/{args.system or Path(args.model).name}/{args.benchmark}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation warnings per prompt would flood the bar
@@ -89,13 +94,15 @@ def _diagnose(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = load_generator(args.model, device=device)
     examples = _examples(args)
+    own = {"steps": args.steps, "length": args.length}
+    own = {k: v for k, v in own.items() if v is not None}
+    if args.steps is None and gen.takes("steps"):
+        own["steps"] = DIAGNOSE_STEPS
+    gen.options(**own)
     out: dict = {"split": args.split, "n": len(examples)}
     if isinstance(gen, CodeFusion):
         out["model"] = model_diagnostics_on(gen, examples, seed=args.seed)
-    options = {"num_draws": args.draws, "steps": args.steps}
-    if isinstance(gen, CodeFusion) and args.length:
-        options["length"] = args.length
-    options = {k: v for k, v in options.items() if v is not None}
+    options = {k: v for k, v in {"num_draws": args.draws, **own}.items() if v is not None}
     out["generation"] = generation_diagnostics(
         gen, examples, args.benchmark, seed=args.seed, progress=True, **options
     )
@@ -238,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", help="output folder (default results/<system>/<benchmark>)")
     r.add_argument("--system", help="system name in the tables (default: the run's name)")
     r.add_argument("--k", type=int, default=5)
-    r.add_argument("--draws", type=int, help="noise draws / samples per prompt (default 2k)")
-    r.add_argument("--steps", type=int, help="denoising steps (default all T)")
+    r.add_argument("--draws", type=int, help="draws per prompt (default 2k; beam search: k beams)")
+    r.add_argument("--steps", type=int, help="CodeFusion: denoising steps (default all T)")
     r.add_argument("--clamp", action="store_true", help="clamping trick (CodeFusion)")
     r.add_argument("--syntax-rank", choices=["python", "bash", "cf"], help="parse-first ranking")
     r.add_argument(
@@ -272,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     dg.add_argument("--benchmark", required=True, choices=["cf", "bash", "python"])
     dg.add_argument("--data", help="benchmark data folder (default: $CODEFUSION_DATA)")
     dg.add_argument("--draws", type=int, help="noise draws per prompt (default 2k)")
-    dg.add_argument("--steps", type=int, default=100, help="denoising steps (default 100)")
-    dg.add_argument("--length", choices=["free", "predicted"])
+    dg.add_argument(
+        "--steps", type=int, help=f"CodeFusion: denoising steps (default {DIAGNOSE_STEPS})"
+    )
+    dg.add_argument("--length", choices=["free", "predicted"], help="CodeFusion: see run")
     dg.add_argument("--seed", type=int, default=0)
     dg.add_argument("--limit", type=int, help="only the first N items")
     dg.add_argument("--device", help="cpu or cuda")

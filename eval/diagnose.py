@@ -16,7 +16,7 @@ import torch
 
 from codefusion.data import Example
 from eval.harness import generate_all, score
-from eval.languages import SCORING
+from eval.scoring import SCORING
 
 
 def generation_diagnostics(

@@ -2,9 +2,9 @@
 and a markdown table beside the paper's numbers; score saved predictions again after a metric
 changed (:func:`rescore`).
 
-Any generator with ``generate(prompts, k=..., seed=..., allow_empty=True, **options)`` returning
-ranked ``Candidate`` lists works (CodeFusion, the autoregressive baseline). Candidates are ranked
-by the model; the reference is used only to score them.
+Any :class:`~codefusion.generator.Generator` works (CodeFusion, the autoregressive baseline):
+``options`` go to its ``generate`` as given (its own options; another's is its error).
+Candidates are ranked by the model; the reference is used only to score them.
 
 Bash is reported twice: our template match on every test item, and the NL2Bash-comparable
 figure, which counts only the items NL2Bash's official evaluation can score (listed in the data
@@ -28,11 +28,11 @@ from tqdm import tqdm
 
 from codefusion.data import NL2BASH_DEFINED, Example, load_nl2bash_defined, resolve_data_dir
 from codefusion.errors import UserError
-from codefusion.pipeline import Candidate
-from eval.languages import SCORING, Scoring
+from codefusion.generator import Candidate
 from eval.metrics import diversity
 from eval.metrics import python as py_m
 from eval.paper import BESIDE_PAPER, PAPER_TOPK, PAPER_VALIDITY
+from eval.scoring import SCORING, Scoring
 
 KS = (1, 3, 5)
 

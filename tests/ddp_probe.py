@@ -19,7 +19,7 @@ import torch
 
 from codefusion.diffusion import CodeFusionObjective
 from train.data import CodeFusionDataModule
-from train.module import CodeFusionModule
+from train.module import TrainingModule
 from train.resume import ResumableSampler
 
 
@@ -40,8 +40,8 @@ def _write(rank: int, record: dict) -> None:
 
 def _install() -> None:
     orig_iter, orig_loader = ResumableSampler.__iter__, CodeFusionDataModule._loader
-    orig_setup, orig_end = CodeFusionModule.setup, CodeFusionModule.on_fit_end
-    orig_objective = CodeFusionObjective.__call__
+    orig_setup, orig_end = TrainingModule.setup, TrainingModule.on_fit_end
+    orig_objective = CodeFusionObjective.forward
     nan_rank, nan_call = map(int, os.environ.get("CODEFUSION_PROBE_NAN", "-1:0").split(":"))
     calls = {"n": 0}
 
@@ -84,9 +84,9 @@ def _install() -> None:
 
     ResumableSampler.__iter__ = __iter__
     CodeFusionDataModule._loader = _loader
-    CodeFusionModule.setup = setup
-    CodeFusionModule.on_fit_end = on_fit_end
-    CodeFusionObjective.__call__ = objective
+    TrainingModule.setup = setup
+    TrainingModule.on_fit_end = on_fit_end
+    CodeFusionObjective.forward = objective
 
 
 if __name__ == "__main__":

@@ -12,19 +12,20 @@ import torch
 from codefusion.auto import load_generator
 from codefusion.baseline import AR_PRESETS, ARBaseline, baseline_config
 from codefusion.cli import main as cli
-from codefusion.config import ConfigError
+from codefusion.config import PRESETS, ConfigError
 from codefusion.errors import GenerationError, ModelLoadError
 from codefusion.pipeline import CodeFusion
 from tests.conftest import CF_CODES, CF_PROMPTS
 from train.__main__ import main as train_main
-from train.baseline import BaselineModule, Seq2SeqObjective, labels_from_canvas
+from train.module import TrainingModule
+from train.objectives import Seq2SeqObjective, build_objective, labels_from_canvas
 
 
 @pytest.fixture()
 def ar(tiny_tokenizer):
-    """A randomly initialised ar-tiny baseline (fixed seed)."""
+    """A randomly initialised baseline of the tiny preset's size (fixed seed)."""
     torch.manual_seed(0)
-    return ARBaseline.from_preset("ar-tiny", tiny_tokenizer, code_len=12)
+    return ARBaseline.from_preset("tiny", tiny_tokenizer, code_len=12)
 
 
 def _param_count(name: str, vocab: int) -> int:
@@ -36,16 +37,16 @@ def _param_count(name: str, vocab: int) -> int:
 
 
 def test_preset_sizes():
-    assert 70e6 <= _param_count("ar-paper", 16384) <= 80e6
-    assert 2e6 <= _param_count("ar-small", 1000) <= 3e6  # CodeFusion small: 2.33M
-    assert 0.3e6 <= _param_count("ar-tiny", 1000) <= 0.5e6  # CodeFusion tiny: 0.40M
-    assert set(AR_PRESETS) == {"ar-paper", "ar-small", "ar-tiny"}
+    assert 70e6 <= _param_count("paper", 16384) <= 80e6  # CodeFusion paper: 72.9M
+    assert 2e6 <= _param_count("small", 1000) <= 3e6  # CodeFusion small: 2.33M
+    assert 0.3e6 <= _param_count("tiny", 1000) <= 0.5e6  # CodeFusion tiny: 0.40M
+    assert set(AR_PRESETS) == set(PRESETS)  # one baseline size per CodeFusion preset
     with pytest.raises(ConfigError, match="unknown baseline preset"):
-        baseline_config("ar-huge")
+        baseline_config("huge")
     with pytest.raises(ConfigError, match="unknown baseline config keys: code_lenn"):
-        baseline_config("ar-tiny", code_lenn=3)
+        baseline_config("tiny", code_lenn=3)
     with pytest.raises(ConfigError, match="positive integer"):
-        baseline_config("ar-tiny", code_len=0)
+        baseline_config("tiny", code_len=0)
 
 
 def test_ids_come_from_the_tokenizer(ar, tiny_tokenizer):
@@ -78,7 +79,7 @@ def test_load_generator_dispatches_and_load_errors_are_clear(ar, tiny_model, tmp
     assert isinstance(load_generator(tmp_path / "cf"), CodeFusion)
     d = tmp_path / "ar"
     ar.save_pretrained(d)
-    with pytest.raises(ModelLoadError, match="unknown model config keys"):
+    with pytest.raises(ModelLoadError, match="architecture is 't5-baseline', not 'codefusion'"):
         CodeFusion.from_pretrained(d)  # the diffusion loader refuses a baseline, clearly
     cfg = json.loads((d / "config.json").read_text())
 
@@ -124,7 +125,7 @@ def test_beam_search_returns_distinct_candidates_by_score(ar):
 def test_a_decoder_deeper_than_the_encoder_generates(tiny_tokenizer):
     """transformers 5 sizes its default cache by the encoder's depth: we pass our own."""
     torch.manual_seed(0)
-    deep = ARBaseline.from_preset("ar-tiny", tiny_tokenizer, code_len=8, num_decoder_layers=5)
+    deep = ARBaseline.from_preset("tiny", tiny_tokenizer, code_len=8, num_decoder_layers=5)
     ids, mask, _ = tiny_tokenizer.encode_prompts(["top 3 sales", "blank"], 48)
     seqs, hf = deep._draw(ids, mask, "beam", 3, 8, 0, 1.0, 1.0)
     ours = deep.sequence_scores(ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), seqs)
@@ -168,8 +169,11 @@ def test_bad_inputs(ar):
         ar.generate([])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ar.generate("greater " * 100, k=1, steps=5, eta=1.0, clamp=True)  # CodeFusion-only: ignored
+        ar.generate("greater " * 100, k=1)
     assert any("truncated" in str(w.message) for w in caught)
+    # CodeFusion's options are not the baseline's: an error, never silently ignored.
+    with pytest.raises(GenerationError, match="ARBaseline takes no option 'clamp', 'steps'"):
+        ar.generate("x", k=1, steps=5, clamp=True)
 
 
 def test_cli_generates_with_a_baseline(ar, tmp_path, capsys):
@@ -180,6 +184,9 @@ def test_cli_generates_with_a_baseline(ar, tmp_path, capsys):
     assert out["prompt"] == "top 3" and 1 <= len(out["candidates"]) <= 2
     assert cli(["generate", "--model", m, "--show-steps", "top 3"]) == 2
     assert "autoregressive" in capsys.readouterr().err
+    assert cli(["generate", "--model", m, "--steps", "10", "top 3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ARBaseline takes no option 'steps'") and "mode" in err
 
 
 def test_labels_cut_after_the_end_token():
@@ -198,7 +205,10 @@ def test_loss_falls_on_a_synthetic_task(ar, tiny_tokenizer):
     ids, mask, _ = tiny_tokenizer.encode_prompts(CF_PROMPTS, 24)
     code, _ = tiny_tokenizer.encode_code(CF_CODES, 12)
     batch = Batch(ids, mask, code, torch.zeros(len(CF_CODES), dtype=torch.bool))
-    module = BaselineModule(ar.model.train(), lr=3e-3, warmup_steps=1, max_steps=60)
+    model = ar.model.train()
+    module = TrainingModule(
+        model, build_objective("t5-baseline", model), lr=3e-3, warmup_steps=1, max_steps=60
+    )
     obj = module.objective
     assert isinstance(obj, Seq2SeqObjective)
     opt = torch.optim.AdamW(module.model.parameters(), lr=3e-3, weight_decay=0.0)
@@ -220,18 +230,18 @@ def test_two_stage_run_exports_a_baseline(fixture_data, tmp_path, tiny_model):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(
         f"""
-name: e2e-ar
+name: e2e
 language: cf
 out_dir: {tmp_path / "runs"}
 data_dir: {fixture_data}
-model: {{preset: ar-tiny, code_len: 16}}
+model: {{preset: tiny, code_len: 16}}
 tokenizer: {{path: {tmp_path / "tok"}, vocab_size: 300, languages: [cf]}}
 pretrain: {{max_steps: 4, batch_size: 8, val_every: 2, ckpt_every: 2, warmup_steps: 2}}
 finetune: {{max_steps: 4, batch_size: 8, val_every: 2, ckpt_every: 2, warmup_steps: 2, val_fraction: 0.1}}
 """
     )
-    assert train_main(["--config", str(cfg), "--no-progress"]) == 0
-    run = tmp_path / "runs" / "e2e-ar"
+    assert train_main(["--config", str(cfg), "--no-progress", "--baseline"]) == 0
+    run = tmp_path / "runs" / "e2e-ar"  # --baseline names the run <name>-ar
     assert (run / "finetune" / "checkpoints" / "last.ckpt").is_file()
     assert list((run / "finetune" / "logs").rglob("metrics.csv"))
     gen = load_generator(run / "model")
@@ -241,11 +251,39 @@ finetune: {{max_steps: 4, batch_size: 8, val_every: 2, ckpt_every: 2, warmup_ste
     pre = load_generator(run / "pretrain" / "model").model.state_dict()
     fin = gen.model.state_dict()
     assert any(not torch.equal(pre[k], fin[k]) for k in pre)
-    # An `ar-*` preset refuses to fine-tune a diffusion model (and the other way round).
+    # The baseline refuses to fine-tune a diffusion model (and the other way round).
     tiny_model.save_pretrained(tmp_path / "cf")
     from train.config import RunConfigError, load_run_config
-    from train.run import run_stage
+    from train.run import build_generator, run_stage
 
-    rc = load_run_config(cfg, ["name=mismatch"])
-    with pytest.raises(RunConfigError, match="is not a model of preset ar-tiny"):
+    rc = load_run_config(cfg, ["name=mismatch", "model.architecture=t5-baseline"])
+    with pytest.raises(RunConfigError, match="is not a model of architecture t5-baseline"):
         run_stage(rc, "finetune", init_from=tmp_path / "cf", progress=False)
+    # A CodeFusion-only model key, or an unknown architecture, is a clear error.
+    rc = load_run_config(cfg, ["model.architecture=t5-baseline", "model.self_condition=true"])
+    with pytest.raises(RunConfigError, match=r"model \(t5-baseline\): .*self_condition"):
+        build_generator(rc, gen.tokenizer)
+    with pytest.raises(RunConfigError, match="model.architecture must be one of"):
+        load_run_config(cfg, ["model.architecture=rnn"])
+
+
+def test_a_config_and_its_baseline_have_equal_sizes(tiny_tokenizer, tmp_path):
+    """One config, two architectures: the baseline's lengths are the CodeFusion preset's."""
+    from train.config import load_run_config
+    from train.run import build_generator
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {preset: small, code_len: 20}\n")
+    for name in ("tiny", "small"):
+        cf = build_generator(load_run_config(cfg, [f"model.preset={name}"]), tiny_tokenizer)
+        ar = build_generator(
+            load_run_config(cfg, [f"model.preset={name}", "model.architecture=t5-baseline"]),
+            tiny_tokenizer,
+        )
+        assert isinstance(cf, CodeFusion) and isinstance(ar, ARBaseline)
+        assert (ar.config.max_prompt_len, ar.config.code_len) == (
+            cf.config.max_prompt_len,
+            cf.config.code_len,
+        )
+        ratio = ar.num_parameters() / cf.num_parameters()  # 1.02-1.04 with a 1K vocabulary
+        assert 0.9 < ratio < 1.25, (name, ratio)

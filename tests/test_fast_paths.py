@@ -1,9 +1,9 @@
-"""The fast paths: the CUDA-graph sampler's step function (run eagerly here), the ``fast`` option
-on CPU, the benchmark's FLOPs formula and its ``--quick`` mode end to end."""
+"""The fast paths: the CUDA-graph runner's step function (run eagerly here) against the plain
+DDIM loop, the ``fast`` option on CPU, the FLOPs formula and the benchmark's ``--quick`` mode
+end to end."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from codefusion import sampler as sampler_mod
 from codefusion.model import attention_mask
-from codefusion.sampler import DenoiseStep, sample, sample_fast
+from codefusion.sampling import SamplingOptions, ddim, sample
+from codefusion.sampling import graph as graph_mod
+from codefusion.sampling.graph import DenoiseStep, sample_graph
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench" / "benchmark.py"
@@ -37,13 +38,13 @@ def _inputs(m, prompt_len=7):
 def _record_decoded(monkeypatch):
     """Record the x0 each sampler hands to D (the final latent, and the traced ones)."""
     seen: list[torch.Tensor] = []
-    real = sampler_mod.decode_tokens
+    real = ddim.decode_tokens
 
     def spy(model, x0, kv, mask, known=None):
         seen.append(x0.clone())
         return real(model, x0, kv, mask, known)
 
-    monkeypatch.setattr(sampler_mod, "decode_tokens", spy)
+    monkeypatch.setattr(ddim, "decode_tokens", spy)
     return seen
 
 
@@ -83,15 +84,17 @@ def test_graph_step_function_equals_plain_loop(
     enc, mask = _inputs(m, prompt_len=7 if prediction == "x0" else m.config.max_prompt_len)
     mask = mask if masked else None
     seen = _record_decoded(monkeypatch)
-    kw = dict(steps=steps, eta=eta, clamp=clamp, trace_at={59, 30, 0}, known=known)
-    a = sample(m, tiny_model.schedule, enc, mask, torch.Generator().manual_seed(3), **kw)
+    opts = SamplingOptions(steps=steps, eta=eta, clamp=clamp)
+    kw = dict(trace_at={59, 30, 0}, known=known)
+    a = sample(m, tiny_model.schedule, enc, mask, torch.Generator().manual_seed(3), opts, **kw)
     n_plain = len(seen)
-    b = sample_fast(
+    b = sample_graph(
         m,
         tiny_model.schedule,
         enc,
         mask,
         torch.Generator().manual_seed(3),
+        opts,
         use_graph=False,
         dtype=None,
         compile_backend=None,
@@ -110,51 +113,52 @@ def test_step_buffers_are_reused_and_rebuilt_when_weights_move(tiny_model):
     m = tiny_model.model
     _perturb(m)
     sched = tiny_model.schedule
-    sampler_mod._STEPS.pop(m, None)
+    graph_mod._STEPS.pop(m, None)
 
     def run(prompt_len):
         enc, mask = _inputs(m, prompt_len)
-        kw = dict(steps=6, eta=0.3)
-        fast = sample_fast(
+        opts = SamplingOptions(steps=6, eta=0.3)
+        fast = sample_graph(
             m,
             sched,
             enc,
             mask,
             torch.Generator().manual_seed(2),
+            opts,
             use_graph=False,
             dtype=None,
             compile_backend=None,
-            **kw,
         )
-        plain = sample(m, sched, enc, mask, torch.Generator().manual_seed(2), **kw)
+        plain = sample(m, sched, enc, mask, torch.Generator().manual_seed(2), opts)
         torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=1e-5)
         assert torch.equal(fast.tokens, plain.tokens)
 
     run(7)
-    (first,) = sampler_mod._STEPS[m].values()
+    (first,) = graph_mod._STEPS[m].values()
     assert isinstance(first, DenoiseStep) and first.graph is None  # eager here: no CUDA
     assert first.kv[0][0].shape[2] == 8  # the bucket of prompts of 5 to 8 tokens
     run(5)  # another prompt length of the bucket: the same buffers
-    assert list(sampler_mod._STEPS[m].values()) == [first]
+    assert list(graph_mod._STEPS[m].values()) == [first]
     with torch.no_grad():  # in-place update: the same buffers still read the new weights
         for p in m.denoiser.parameters():
             p.mul_(1.01)
     run(7)
-    assert list(sampler_mod._STEPS[m].values()) == [first]
+    assert list(graph_mod._STEPS[m].values()) == [first]
     for p in m.denoiser.parameters():  # new storage: a graph would read stale addresses
         p.data = p.data.clone()
     run(7)
-    assert len(sampler_mod._STEPS[m]) == 2 and first in sampler_mod._STEPS[m].values()
+    assert len(graph_mod._STEPS[m]) == 2 and first in graph_mod._STEPS[m].values()
 
 
 def _fast(m, sched, enc, mask, **kw):
-    opts = dict(use_graph=False, dtype=None, compile_backend=None)
-    opts.update(kw)
-    return sample_fast(m, sched, enc, mask, torch.Generator().manual_seed(2), steps=6, **opts)
+    runner = dict(use_graph=False, dtype=None, compile_backend=None)
+    runner.update(kw)
+    gen = torch.Generator().manual_seed(2)
+    return sample_graph(m, sched, enc, mask, gen, SamplingOptions(steps=6), **runner)
 
 
 def _plain(m, sched, enc, mask):
-    return sample(m, sched, enc, mask, torch.Generator().manual_seed(2), steps=6)
+    return sample(m, sched, enc, mask, torch.Generator().manual_seed(2), SamplingOptions(steps=6))
 
 
 @pytest.mark.parametrize("prompt_len, padded", [(8, False), (7, False), (8, True), (20, False)])
@@ -163,22 +167,24 @@ def test_prompt_buckets_drop_the_mask_only_without_padding(tiny_model, prompt_le
     when neither the bucket nor the batch pads a key, and equals the plain loop either way."""
     m = tiny_model.model
     _perturb(m)
-    sampler_mod._STEPS.pop(m, None)
+    graph_mod._STEPS.pop(m, None)
     enc, mask = _inputs(m, prompt_len)
     mask = mask if padded else None
     fast = _fast(m, tiny_model.schedule, enc, mask)
     plain = _plain(m, tiny_model.schedule, enc, mask)
     torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=1e-5)
     assert torch.equal(fast.tokens, plain.tokens)
-    (step,) = sampler_mod._STEPS[m].values()
-    bucket = sampler_mod.prompt_bucket(prompt_len, m.config.max_prompt_len)
+    (step,) = graph_mod._STEPS[m].values()
+    bucket = graph_mod.prompt_bucket(prompt_len, m.config.max_prompt_len)
     assert step.kv[0][0].shape[2] == bucket == {7: 8, 8: 8, 20: 32}[prompt_len]
     assert (step.mask is None) == (not padded and bucket == prompt_len)
 
 
 def test_pipeline_passes_no_mask_for_unpadded_prompts(tiny_model, monkeypatch):
     seen = []
-    real = sampler_mod.sample
+    from codefusion import sampling
+
+    real = sampling.sample
 
     def spy(model, schedule, enc, cross_mask, *a, **kw):
         seen.append(cross_mask)
@@ -196,19 +202,19 @@ def test_low_precision_copy_follows_the_weights_and_never_calls_n(tiny_model):
     m = tiny_model.model
     _perturb(m)
     m.denoiser.compile(backend="eager")  # as training does (train/run.py: compile_model)
-    a = sampler_mod.low_precision_denoiser(m, torch.bfloat16)
+    a = graph_mod.low_precision_denoiser(m, torch.bfloat16)
     assert all(x._compiled_call_impl is None for x in a.modules())
     assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in a.parameters())
     with torch.no_grad():
         for p in m.denoiser.parameters():
             p.mul_(1.5)
-    b = sampler_mod.low_precision_denoiser(m, torch.bfloat16)
+    b = graph_mod.low_precision_denoiser(m, torch.bfloat16)
     assert b is a  # same storage: a captured graph stays valid
     for pa, pm in zip(a.parameters(), m.denoiser.parameters(), strict=True):
         assert torch.equal(pa, pm.bfloat16())
     for p in m.denoiser.parameters():
         p.data = p.data.clone()
-    assert sampler_mod.low_precision_denoiser(m, torch.bfloat16) is not a
+    assert graph_mod.low_precision_denoiser(m, torch.bfloat16) is not a
 
     calls = []
     m.denoiser.register_forward_pre_hook(lambda *_: calls.append(1))
@@ -226,10 +232,10 @@ def test_compiled_step_traces_as_one_graph_and_equals_the_plain_loop(tiny_model)
     torch._dynamo.reset()
     m = tiny_model.model
     _perturb(m)
-    sampler_mod._STEPS.pop(m, None)
+    graph_mod._STEPS.pop(m, None)
     enc, mask = _inputs(m)
     fast = _fast(m, tiny_model.schedule, enc, mask, compile_backend="eager")
-    (step,) = sampler_mod._STEPS[m].values()
+    (step,) = graph_mod._STEPS[m].values()
     assert step.compiled
     plain = _plain(m, tiny_model.schedule, enc, mask)
     torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=1e-5)
@@ -243,16 +249,16 @@ def test_failed_capture_warns_but_is_an_error_when_strict(tiny_model, monkeypatc
     m = tiny_model.model
     _perturb(m)
     enc, mask = _inputs(m)
-    sampler_mod._STEPS.pop(m, None)
+    graph_mod._STEPS.pop(m, None)
     with pytest.warns(UserWarning, match="CUDA graph capture failed"):
         fast = _fast(m, tiny_model.schedule, enc, mask, use_graph=True)
     assert torch.equal(fast.tokens, _plain(m, tiny_model.schedule, enc, mask).tokens)
-    sampler_mod._STEPS.pop(m, None)
-    with sampler_mod.strict_graphs(), pytest.raises(sampler_mod.GraphCaptureError):
+    graph_mod._STEPS.pop(m, None)
+    with graph_mod.strict_graphs(), pytest.raises(graph_mod.GraphCaptureError):
         _fast(m, tiny_model.schedule, enc, mask, use_graph=True)
-    sampler_mod._STEPS.pop(m, None)
+    graph_mod._STEPS.pop(m, None)
     monkeypatch.setenv("CODEFUSION_STRICT_GRAPHS", "1")
-    with pytest.raises(sampler_mod.GraphCaptureError, match="capture"):
+    with pytest.raises(graph_mod.GraphCaptureError, match="capture"):
         _fast(m, tiny_model.schedule, enc, mask, use_graph=True)
 
 
@@ -266,33 +272,30 @@ def test_generate_fast_on_cpu_equals_plain(tiny_model, eta):
     assert fast == plain == default
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("codefusion_benchmark", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("name", ["tiny", "small"])
 def test_analytic_training_flops_match_the_flop_counter(name):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     from codefusion.config import preset
-    from codefusion.diffusion import CodeFusionObjective
+    from codefusion.diffusion import Batch, CodeFusionObjective
     from codefusion.model import CodeFusionModel
     from codefusion.schedule import SqrtSchedule
 
-    bench = _load_benchmark()
     torch.manual_seed(0)
     model = CodeFusionModel(preset(name, vocab_size=500))
-    batch = bench.synthetic_batch(model, 4, 10, seed=0)
+    b, s, c = 4, 10, model.config.code_len
+    lengths = torch.tensor([10, 7, 5, 9])  # padded prompts: the count assumes full ones
+    prompt_mask = (torch.arange(s)[None] < lengths[:, None]).long()
+    code = torch.randint(4, 500, (b, c))
+    batch = Batch(torch.randint(4, 500, (b, s)), prompt_mask, code, torch.zeros(b, dtype=bool))
     objective = CodeFusionObjective(SqrtSchedule(model.config.diffusion_steps))
     # The math backend decomposes attention into matmuls that the counter sees.
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         objective(model, batch)["loss"].backward()
-    analytic = bench.train_flops(model, 4, 10)["train_step"]
+    analytic = model.estimate_flops(b, s)["train_step"]
     assert analytic == pytest.approx(counter.get_total_flops(), rel=0.01)
+    assert model.estimate_mfu(b, s, step_s=2.0, peak_flops=analytic) == pytest.approx(0.5)
 
 
 def test_benchmark_quick_mode_writes_both_files(tmp_path):
@@ -336,7 +339,7 @@ def test_benchmark_quick_mode_writes_both_files(tmp_path):
     assert fast_before["copies"] > 0 and fast_now["copies"] == 0
     assert res["memory"]["saved_mib_per_example"] > 0
     assert "Ops per step" in (out / "results.md").read_text()
-    assert res["baseline"]["status"] in ("ok", "unavailable", "skipped", "failed")
+    assert res["baseline"]["median_s"] > 0 and res["baseline"]["preset"] == "tiny"
     assert set(res["targets"]["met"]) == set(res["targets"]["targets"])
     assert res["targets"]["judged"] is False
     md = (out / "results.md").read_text()

@@ -14,7 +14,8 @@ from codefusion.cli import main as cli
 from codefusion.errors import GenerationError, ModelLoadError
 from codefusion.model import attention_mask
 from codefusion.pipeline import Candidate, CodeFusion, rank_candidates
-from codefusion.sampler import nearest_embedding, sample
+from codefusion.sampling import SamplingOptions, sample
+from codefusion.sampling.ddim import nearest_embedding
 
 
 def _perturb(model, seed=1):
@@ -31,27 +32,14 @@ def test_cached_cross_attention_equals_uncached(tiny_model, steps):
     _perturb(m)
     enc = torch.randn(6, 7, m.encoder_dim)
     mask = attention_mask(torch.tensor([[1] * 7, [1] * 4 + [0] * 3] * 3))
-    kw = dict(steps=steps, eta=0.5)
     if steps is None:  # all 1200 steps is slow on CPU with the uncached path: shorten T
         tiny_model.schedule.__init__(60)
-    a = sample(
-        m,
-        tiny_model.schedule,
-        enc,
-        mask,
-        torch.Generator().manual_seed(3),
-        cache_cross_kv=True,
-        **kw,
-    )
-    b = sample(
-        m,
-        tiny_model.schedule,
-        enc,
-        mask,
-        torch.Generator().manual_seed(3),
-        cache_cross_kv=False,
-        **kw,
-    )
+
+    def run(cached: bool):
+        opts = SamplingOptions(steps=steps, eta=0.5, cache_cross_kv=cached)
+        return sample(m, tiny_model.schedule, enc, mask, torch.Generator().manual_seed(3), opts)
+
+    a, b = run(True), run(False)
     torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-5)
     assert torch.equal(a.tokens, b.tokens)
 
@@ -93,9 +81,10 @@ def test_nearest_embedding_returns_table_rows():
     [
         ("", {}, "prompt 0 is empty"),
         (["ok", "   \n"], {}, "prompt 1 is empty"),
-        ("ok", {"k": 5, "num_draws": 3}, "larger than the number of noise draws"),
+        ("ok", {"k": 5, "num_draws": 3}, "larger than the number of draws"),
         ("ok", {"k": 0}, "k must be at least 1"),
         ("ok", {"steps": 5000}, "steps must be between"),
+        ("ok", {"mode": "beam"}, "CodeFusion takes no option 'mode'"),
         ([], {}, "no prompts"),
     ],
 )

@@ -17,7 +17,8 @@ from codefusion.diffusion import Batch
 from codefusion.pipeline import CodeFusion, build_model
 from tests.conftest import CF_CODES, CF_PROMPTS
 from train.__main__ import main as train_main
-from train.module import CodeFusionModule
+from train.module import TrainingModule
+from train.objectives import build_objective
 
 # Ops that copy a device value to the host: each one waits for the GPU's queue to drain.
 HOST_READS = {"aten._local_scalar_dense.default", "aten.nonzero.default"}
@@ -77,23 +78,20 @@ def _trainer(steps, **kw) -> L.Trainer:
 # --- (1) bf16-mixed + fused AdamW + gradient clipping ------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["codefusion", "baseline"])
+@pytest.mark.parametrize("arch", ["codefusion", "t5-baseline"])
 def test_bf16_mixed_with_fused_adamw_clips_and_trains(tiny_tokenizer, monkeypatch, arch):
     """On a GPU the module picks AdamW(fused=True); with bf16-mixed and gradient_clip_val,
     Lightning's mixed-precision plugin refused to clip for it ("does not allow for gradient
     clipping ... fused") at the first optimizer step. CUDA's presence is simulated for the
     optimizer's choice only (fused AdamW runs on CPU since torch 2.4)."""
     from codefusion.baseline import baseline_config, build_baseline
-    from train.baseline import BaselineModule
 
     torch.manual_seed(0)
     if arch == "codefusion":
-        module = CodeFusionModule(
-            build_model(preset("tiny", code_len=16), tiny_tokenizer), warmup_steps=1
-        )
+        model = build_model(preset("tiny", code_len=16), tiny_tokenizer)
     else:
-        model = build_baseline(baseline_config("ar-tiny", code_len=16), tiny_tokenizer)
-        module = BaselineModule(model, warmup_steps=1)
+        model = build_baseline(baseline_config("tiny", code_len=16), tiny_tokenizer)
+    module = TrainingModule(model, build_objective(arch, model), warmup_steps=1)
     real = type(module).configure_optimizers
 
     def on_a_gpu_machine(self):

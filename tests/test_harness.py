@@ -11,7 +11,7 @@ from codefusion.data import load_benchmark
 from codefusion.errors import UserError
 from codefusion.pipeline import Candidate
 from eval.harness import run_eval, score
-from eval.languages import SCORING
+from eval.scoring import SCORING
 from eval.tables import combined_markdown, load_results, quality_diversity_plot
 
 

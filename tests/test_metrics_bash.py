@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 
@@ -9,7 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eval.metrics.bash import is_valid, normalise_whitespace, template, template_match
+from codefusion import syntax
+from eval.metrics.bash import normalise_whitespace, template, template_match
+
+is_valid = functools.partial(syntax.is_valid, language="bash")
 
 
 def same(a: str, b: str) -> bool:

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import random
 from pathlib import Path
 
 import pytest
 
+from codefusion import syntax
 from eval.metrics.python import (
     CodeBERTScorer,
     bleu4,
     chrf,
     conala_tokenize,
     exact_match,
-    is_valid,
     normalise,
     sentence_bleu4,
 )
+
+is_valid = functools.partial(syntax.is_valid, language="python")
 
 # --------------------------------------------------------------------------- normalisation
 

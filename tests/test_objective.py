@@ -138,10 +138,12 @@ def test_bad_options_are_errors(tiny_tokenizer):
 
 
 def test_embedding_gets_its_own_learning_rate(tiny_tokenizer):
-    from train.module import CodeFusionModule
+    from train.module import TrainingModule
+    from train.objectives import build_objective
 
     cf = _model(tiny_tokenizer)
-    module = CodeFusionModule(cf.model, lr=1e-3, embedding_lr_mult=10.0)
+    obj = build_objective("codefusion", cf.model)
+    module = TrainingModule(cf.model, obj, lr=1e-3, embedding_lr_mult=10.0)
     groups = module.configure_optimizers()["optimizer"].param_groups
     emb = {id(p) for p in cf.model.code_embedding.parameters()}
     (g_emb,) = [g for g in groups if {id(p) for p in g["params"]} == emb]
@@ -151,10 +153,11 @@ def test_embedding_gets_its_own_learning_rate(tiny_tokenizer):
 
 
 def test_validation_leaves_the_training_rng_alone(tiny_tokenizer):
-    from train.module import CodeFusionModule
+    from train.module import TrainingModule
+    from train.objectives import build_objective
 
     cf = _model(tiny_tokenizer, self_condition=True)
-    module = CodeFusionModule(cf.model)
+    module = TrainingModule(cf.model, build_objective("codefusion", cf.model))
     random.seed(7)
     torch.manual_seed(7)
     want_py, want_torch = random.random(), torch.rand(1)

@@ -231,7 +231,7 @@ def test_truncated_last_ckpt_is_a_one_line_error_suggesting_fresh(fixture_data, 
 
 def _poison_call(monkeypatch, at_call: int) -> None:
     """Make the objective's loss NaN on its ``at_call``-th call (1-based, training only here)."""
-    orig = CodeFusionObjective.__call__
+    orig = CodeFusionObjective.forward
     calls = {"n": 0}
 
     def poisoned(self, model, batch, with_accuracy=False):
@@ -241,7 +241,7 @@ def _poison_call(monkeypatch, at_call: int) -> None:
             out = dict(out, loss=out["loss"] * float("nan"))
         return out
 
-    monkeypatch.setattr(CodeFusionObjective, "__call__", poisoned)
+    monkeypatch.setattr(CodeFusionObjective, "forward", poisoned)
 
 
 def test_nan_loss_stops_the_run_naming_the_step(fixture_data, tmp_path, monkeypatch, capsys):

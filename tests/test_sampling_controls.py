@@ -9,7 +9,7 @@ from codefusion.config import preset
 from codefusion.errors import GenerationError
 from codefusion.model import attention_mask
 from codefusion.pipeline import CodeFusion, build_model, length_known
-from codefusion.sampler import Known, sample
+from codefusion.sampling import Known, SamplingOptions, sample
 
 
 def _cf(tok, **kw):
@@ -43,7 +43,7 @@ def test_given_tokens_are_kept_exactly(tiny_tokenizer, self_condition):
         enc,
         mask,
         torch.Generator().manual_seed(0),
-        steps=8,
+        SamplingOptions(steps=8),
         known=Known(where, given),
         trace_at={0},
     )

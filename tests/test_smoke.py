@@ -74,7 +74,7 @@ print("OK")
 def test_smoke_graph_check_logic_with_a_stand_in_graph(monkeypatch):
     """CUDA graphs need CUDA: here capture records a stand-in whose replay calls the captured
     (eagerly compiled) step, so the check's own logic (buffers, strict mode, comparisons) runs."""
-    from codefusion import sampler as S
+    from codefusion.sampling import graph as S
 
     class StandIn:
         def __init__(self, runner, model):

@@ -9,13 +9,29 @@ import warnings
 
 from codefusion.errors import UserError
 
+BASELINE = "t5-baseline"  # the architecture --baseline selects (codefusion/auto.py)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record is emitted, not as it was when ``main``
+    first ran (a caller that captures stderr, such as a test, may have closed that one)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m train",
-        description="Train CodeFusion: stage 1 pre-training on code snippets (unconditional + "
-        "code CPD), then stage 2 fine-tuning on (prompt, code) pairs starting from stage 1. "
-        "Each stage exports a model directory; <out_dir>/<name>/model is the final one.",
+        description="Train CodeFusion (or, with --baseline, the autoregressive baseline): stage 1 "
+        "pre-training on code snippets (unconditional + code CPD), then stage 2 fine-tuning on "
+        "(prompt, code) pairs starting from stage 1. Each stage exports a model directory; "
+        "<out_dir>/<name>/model is the final one.",
     )
     p.add_argument("--config", required=True, help="YAML run config (see configs/)")
     p.add_argument(
@@ -32,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set finetune.max_steps=50 (repeatable)",
     )
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="train the autoregressive baseline of the config instead (model.architecture="
+        f"{BASELINE}, same sizes and protocol); the run is named <name>-ar unless --set name=...",
+    )
     p.add_argument("--data", help="benchmark data folder (default: $CODEFUSION_DATA)")
     p.add_argument(
         "--fresh", action="store_true", help="ignore existing checkpoints instead of resuming"
@@ -40,12 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from train.dist import RankZeroFilter, is_rank_zero
 
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RankZeroFilter())  # under DDP every rank runs this: say things once
     for name in ("codefusion", "train"):  # Lightning logs through its own handler
-        logging.getLogger(name).addHandler(handler)
-        logging.getLogger(name).setLevel(logging.INFO)
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _StderrHandler) for h in logger.handlers):  # main runs again
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning vs new torch, harmless
     warnings.filterwarnings("ignore", message=".*litlogger.*")
 
@@ -54,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     from train.run import STAGES, run
 
     try:
-        cfg = load_run_config(args.config, args.overrides)
+        overrides = list(args.overrides)
+        if args.baseline:
+            overrides.insert(0, f"model.architecture={BASELINE}")
+        cfg = load_run_config(args.config, overrides)
+        if args.baseline and not any(o.split("=")[0].strip() == "name" for o in args.overrides):
+            cfg.name += "-ar"
         if args.data:
             cfg.data_dir = args.data
         stages = STAGES if args.stage == "all" else (args.stage,)

@@ -2,12 +2,17 @@
 
     name: cf-tiny                  # run folder: <out_dir>/<name>
     language: cf                   # cf | bash | python
-    model: {preset: tiny, code_len: 32}
+    model: {preset: tiny, code_len: 32}   # architecture: codefusion (default) | t5-baseline
     tokenizer: {path: runs/tokenizers/cf-2k, vocab_size: 2000, languages: [cf]}
     pretrain: {max_steps: 300, batch_size: 64, uncond_ratio: 0.5, mask_rate: 0.3}
     finetune: {max_steps: 300, batch_size: 64}
 
 Any key can be overridden on the command line: ``--set finetune.max_steps=50``.
+
+``model.architecture`` picks what is trained: ``codefusion`` (the default) or ``t5-baseline``,
+the autoregressive baseline of the size of ``model.preset`` (a CodeFusion preset name), with the
+same tokenizer, data, stages, optimizer and schedule: the same config trains both on equal
+terms (``python -m train --config C --baseline`` sets it and names the run ``<name>-ar``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,20 @@ from codefusion.errors import UserError
 
 class RunConfigError(UserError):
     """A run config file or override is invalid."""
+
+
+def architecture(name: str | None) -> str:
+    """A run config's ``model.architecture`` (None: the default), checked against the
+    registry (codefusion/auto.py)."""
+    from codefusion.auto import ARCHITECTURES
+    from codefusion.generator import DEFAULT_ARCHITECTURE
+
+    name = DEFAULT_ARCHITECTURE if name is None else name
+    if name not in ARCHITECTURES:
+        raise RunConfigError(
+            f"model.architecture must be one of {', '.join(ARCHITECTURES)}, not {name!r}"
+        )
+    return name
 
 
 @dataclass
@@ -96,6 +115,10 @@ class StageConfig:
             raise RunConfigError("self_cond_prob must lie in [0, 1]")
         if self.embedding_lr_mult <= 0:
             raise RunConfigError("embedding_lr_mult must be positive")
+
+    def pick(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        """The settings ``keys`` as keyword arguments (for whatever declares that it takes them)."""
+        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass
@@ -183,4 +206,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
         raise RunConfigError(f"language must be cf, bash or python, not {cfg.language!r}")
     if isinstance(cfg.num_nodes, bool) or not isinstance(cfg.num_nodes, int) or cfg.num_nodes < 1:
         raise RunConfigError(f"num_nodes must be a positive whole number, not {cfg.num_nodes!r}")
+    if not isinstance(cfg.model, dict):
+        raise RunConfigError(f"model: expected a mapping, got {type(cfg.model).__name__}")
+    architecture(cfg.model.get("architecture"))
     return cfg

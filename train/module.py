@@ -1,5 +1,6 @@
-"""The LightningModule: one training step = the objective on one batch. Nothing stage-specific
-lives here: the stages differ only in their data (train/data.py) and their starting weights."""
+"""The LightningModule: one training step = the objective on one batch. Nothing stage- or
+architecture-specific lives here: the stages differ only in their data (train/data.py) and
+their starting weights, the architectures in their model and objective (train/objectives.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 
-from codefusion.config import CodeFusionConfig
-from codefusion.diagnostics import model_diagnostics
-from codefusion.diffusion import Batch, CodeFusionObjective
-from codefusion.model import CodeFusionModel
-from codefusion.schedule import SqrtSchedule
+from codefusion.diffusion import Batch
 from train.resume import capture_rng_state, restore_rng_state, seed_rank
 
 log = logging.getLogger(__name__)
@@ -25,31 +23,42 @@ class NonFiniteLossError(RuntimeError):
     """Training met a NaN/inf loss and was configured to stop."""
 
 
-class CodeFusionModule(L.LightningModule):
-    """Wraps ``CodeFusionModel`` with the objective, AdamW and a warm-up schedule."""
+class TrainingModule(L.LightningModule):
+    """A model, its objective (train/objectives.py), AdamW and a warm-up + cosine schedule.
+
+    ``objective(model, batch)`` returns the loss terms (``"loss"`` among them), and
+    ``objective.diagnostics(model, batch, generator)`` what validation logs beside them (with
+    ``diagnostics``). ``embedding_lr_mult`` scales the learning rate of a model's
+    ``code_embedding`` (CodeFusion's L), if it has one."""
+
+    # The stage settings (train/config.py: StageConfig) the module takes, by name.
+    STAGE_KEYS = (
+        "lr",
+        "weight_decay",
+        "warmup_steps",
+        "max_steps",
+        "on_nan",
+        "embedding_lr_mult",
+        "log_every",
+        "ckpt_every",
+    )
 
     def __init__(
         self,
-        model: CodeFusionModel,
+        model: nn.Module,
+        objective: nn.Module,
         lr: float = 5e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
         max_steps: int = 1000,
-        pad_weight: float = 1.0,
         on_nan: str = "stop",
         embedding_lr_mult: float = 1.0,
         diagnostics: bool = True,
         log_every: int = 1,
         ckpt_every: int | None = None,
-        **objective_options: Any,
     ) -> None:
         super().__init__()
-        self.model = model
-        cfg: CodeFusionConfig = model.config
-        self.schedule = SqrtSchedule(cfg.diffusion_steps, cfg.schedule_offset)
-        self.objective = CodeFusionObjective(
-            self.schedule, pad_weight=pad_weight, **objective_options
-        )
+        self.model, self.objective = model, objective
         self.embedding_lr_mult, self.diagnostics = embedding_lr_mult, diagnostics
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.max_steps, self.on_nan = warmup_steps, max_steps, on_nan
@@ -224,10 +233,13 @@ class CodeFusionModule(L.LightningModule):
             {f"val/{k}": v for k, v in out.items()}, prog_bar=False, batch_size=bs, sync_dist=True
         )
         self.log("val_loss", out["loss"], prog_bar=True, batch_size=bs, sync_dist=True)
-        if self.diagnostics and isinstance(self.model, CodeFusionModel):
+        if self.diagnostics:
             gen = torch.Generator(device=self.device).manual_seed(4321 + batch_idx)
-            diag = model_diagnostics(self.model, self.schedule, batch, generator=gen)
-            self.log_dict({f"val/{k}": v for k, v in diag.items()}, batch_size=bs, sync_dist=True)
+            diag = self.objective.diagnostics(self.model, batch, gen)
+            if diag:
+                self.log_dict(
+                    {f"val/{k}": v for k, v in diag.items()}, batch_size=bs, sync_dist=True
+                )
 
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: L at ``embedding_lr_mult`` times the learning rate, the rest at it."""

@@ -20,16 +20,16 @@ import lightning as L
 import torch
 import yaml
 
-from codefusion.auto import load_generator
-from codefusion.baseline import ARBaseline, baseline_config, build_baseline, is_baseline_preset
-from codefusion.config import preset
-from codefusion.pipeline import CodeFusion, build_model
-from codefusion.tokenizer import CodeTokenizer, train_bpe
-from train.baseline import BaselineModule
-from train.config import RunConfig, RunConfigError, StageConfig
+from codefusion.auto import generator_class, load_generator
+from codefusion.config import ConfigError
+from codefusion.generator import Generator
+from codefusion.tokenizer import CodeTokenizer, tokenizer_corpus, train_bpe
+from train.config import RunConfig, RunConfigError, StageConfig, architecture
 from train.data import CodeFusionDataModule
 from train.dist import barrier, is_rank_zero, wait_until
-from train.module import CodeFusionModule
+from train.module import TrainingModule
+from train.objectives import build_objective
+from train.progress import StepProgressBar
 from train.resume import AtomicCheckpointIO, CheckpointLoadError
 
 log = logging.getLogger(__name__)
@@ -51,16 +51,8 @@ def ensure_tokenizer(cfg: RunConfig) -> CodeTokenizer:
     if not is_rank_zero():
         wait_until(lambda: _has_tokenizer(path), f"the tokenizer {path}")
         return CodeTokenizer.from_pretrained(path)
-    from codefusion.data import load_benchmark, load_snippets
-
-    def corpus():
-        for lang in cfg.tokenizer.languages:
-            for ex in load_benchmark(lang, "train", cfg.data_dir)[0]:
-                yield ex.code
-                yield ex.prompt
-            yield from dict.fromkeys(load_snippets(lang, cfg.data_dir, cfg.python_corpus))
-
-    tok = CodeTokenizer(train_bpe(corpus(), cfg.tokenizer.vocab_size))
+    corpus = tokenizer_corpus(cfg.data_dir, cfg.python_corpus, cfg.tokenizer.languages)
+    tok = CodeTokenizer(train_bpe(corpus, cfg.tokenizer.vocab_size))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -104,6 +96,21 @@ def compile_model(model: torch.nn.Module, backend: str = "inductor") -> list[tor
     return parts
 
 
+def build_generator(cfg: RunConfig, tok: CodeTokenizer) -> Generator:
+    """A fresh generator of the run config's model section: its ``architecture``, at the size
+    of its ``preset`` (a CodeFusion preset; the baseline's of the same size), with the section's
+    other keys as overrides (``encoder_path`` too: a pre-trained E for CodeFusion)."""
+    overrides = dict(cfg.model)
+    arch = architecture(overrides.pop("architecture", None))
+    name = overrides.pop("preset", "paper")
+    if cfg.encoder_path is not None:
+        overrides["encoder_path"] = cfg.encoder_path
+    try:
+        return generator_class(arch).from_preset(name, tok, **overrides)
+    except ConfigError as e:
+        raise RunConfigError(f"model ({arch}): {e}") from None
+
+
 def _precision(cfg: RunConfig) -> str:
     if cfg.precision != "auto":
         return cfg.precision
@@ -117,7 +124,7 @@ def trainer_for(
     progress: bool = True,
     extra_callbacks: list | None = None,
 ) -> L.Trainer:
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     callbacks: list = [
@@ -137,9 +144,10 @@ def trainer_for(
 
         callbacks.append(EMA(st.ema_decay))
     if progress:
-        # Refreshed (and the loss read from the device) every log_every steps, when the module
-        # logs it; Lightning's default (Rich) bar reads its metrics at every step.
-        callbacks.append(TQDMProgressBar(refresh_rate=st.log_every))
+        # Steps of the stage, refreshed (and the loss read from the device) every log_every
+        # steps, when the module logs it; Lightning's default (Rich) bar reads its metrics at
+        # every step (train/progress.py).
+        callbacks.append(StepProgressBar(stage_dir.name, refresh_rate=st.log_every))
     loggers: list = [CSVLogger(stage_dir, name="logs")]
     try:
         import tensorboard  # noqa: F401  (optional dependency)
@@ -187,23 +195,18 @@ def run_stage(
     stage_dir = cfg.run_dir / stage
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tok = ensure_tokenizer(cfg)
-    # The model section decides the architecture: an `ar-*` preset is the autoregressive baseline.
-    ar = is_baseline_preset(cfg.model.get("preset"))
+    arch = architecture(cfg.model.get("architecture"))
     if init_from is not None:
         gen = load_generator(init_from)
-        if isinstance(gen, ARBaseline) != ar:
-            raise RunConfigError(f"{init_from} is not a model of preset {cfg.model.get('preset')}")
+        if not isinstance(gen, generator_class(arch)):
+            raise RunConfigError(f"{init_from} is not a model of architecture {arch}")
         model = gen.model.train()
         if model.config.vocab_size != len(tok):
             raise RunConfigError(
                 f"{init_from} was trained with another tokenizer than {cfg.tokenizer.path}"
             )
-    elif ar:
-        mcfg = dict(cfg.model)
-        model = build_baseline(baseline_config(mcfg.pop("preset"), **mcfg), tok)
     else:
-        mcfg = dict(cfg.model)
-        model = build_model(preset(mcfg.pop("preset", "paper"), **mcfg), tok, cfg.encoder_path)
+        model = build_generator(cfg, tok).model.train()
     if cfg.compile:
         compile_model(model, cfg.compile_backend)
     mc = model.config
@@ -223,30 +226,12 @@ def run_stage(
         num_workers=st.num_workers,
         holdout=st.holdout,
     )
-    objective = dict(
-        pad_weight=st.pad_weight,
-        embedding_lr_mult=st.embedding_lr_mult,
-        noise_weighting=st.noise_weighting,
-        decoder_input=st.decoder_input,
-        decoder_max_t=st.decoder_max_t,
-        self_cond_prob=st.self_cond_prob,
-        length_weight=st.length_weight,
-    )
-    module = (BaselineModule if ar else CodeFusionModule)(
-        model,
-        lr=st.lr,
-        weight_decay=st.weight_decay,
-        warmup_steps=st.warmup_steps,
-        max_steps=st.max_steps,
-        on_nan=st.on_nan,
-        log_every=st.log_every,
-        ckpt_every=st.ckpt_every,
-        **({} if ar else objective),
-    )
+    objective = build_objective(arch, model, st)
+    module = TrainingModule(model, objective, **st.pick(TrainingModule.STAGE_KEYS))
     extra = []
     if stage == "finetune" and st.val_generate > 0:
         dm.setup()
-        extra.append(generation_check(cfg, st, dm, tok, ar))
+        extra.append(generation_check(cfg, st, dm, tok, generator_class(arch)))
     last = stage_dir / "checkpoints" / "last.ckpt"
     # Every rank decides alone and all decide alike: nothing writes a checkpoint of this stage
     # before every rank has joined the fit (rank zero waits for the others in DDP's setup).
@@ -262,24 +247,29 @@ def run_stage(
         raise RunConfigError(f"cannot resume: {e}; delete it or pass --fresh") from None
     export = stage_dir / "model"
     if trainer.is_global_zero:
-        (ARBaseline if ar else CodeFusion)(module.model.eval(), tok).save_pretrained(export)
+        generator_class(arch)(module.model.eval(), tok).save_pretrained(export)
     # Every rank starts the next stage from this export: none reads it before it is complete.
     trainer.strategy.barrier("export")
     return export
 
 
-def generation_check(cfg: RunConfig, st: StageConfig, dm, tok: CodeTokenizer, ar: bool):
-    """Held-out generation at each validation (train/validation.py), same options for both
-    architectures where they apply."""
+def generation_check(
+    cfg: RunConfig, st: StageConfig, dm, tok: CodeTokenizer, generator: type[Generator]
+):
+    """Held-out generation at each validation (train/validation.py): ``val_generate_draws``
+    draws per item, and ``val_generate_steps`` sampling steps for a generator that takes
+    steps (the diffusion model; the baseline decodes token by token)."""
     from train.validation import GenerationCheck
 
-    if ar:
-        wrap, options = ARBaseline, {"num_draws": st.val_generate_draws}
-    else:
-        wrap = CodeFusion
-        options = {"num_draws": st.val_generate_draws, "steps": st.val_generate_steps}
+    options = {"steps": st.val_generate_steps} if generator.takes("steps") else {}
     return GenerationCheck(
-        dm.val_examples[: st.val_generate], cfg.language, tok, wrap, seed=cfg.seed, **options
+        dm.val_examples[: st.val_generate],
+        cfg.language,
+        tok,
+        generator,
+        seed=cfg.seed,
+        num_draws=st.val_generate_draws,
+        **options,
     )
 
 

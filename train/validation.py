@@ -9,7 +9,7 @@ autoregressive baseline alike, and what fine-tuning steps are selected by.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -21,9 +21,10 @@ from codefusion.data import Example
 class GenerationCheck(L.Callback):
     """Generates for ``examples`` at the end of each validation and logs ``val/<metric>``.
 
-    ``wrap(model, tokenizer)`` turns the module's model into a generator (CodeFusion or the
-    baseline); ``options`` go to its ``generate``. Runs on rank zero's model only after the EMA
-    swap (list this callback before the EMA callback), with a fixed seed: curves are comparable.
+    ``generator`` is the class (CodeFusion or the baseline) that wraps the module's model with
+    the tokenizer; ``options`` go to its ``generate`` (``num_draws`` and its own options). Runs
+    on rank zero's model only after the EMA swap (list this callback before the EMA callback),
+    with a fixed seed: curves are comparable.
     """
 
     def __init__(
@@ -31,12 +32,13 @@ class GenerationCheck(L.Callback):
         examples: Sequence[Example],
         lang: str,
         tokenizer: Any,
-        wrap: Callable[[torch.nn.Module, Any], Any],
+        generator: type,
         k: int = 5,
         seed: int = 0,
         **options: Any,
     ) -> None:
-        self.examples, self.lang, self.tokenizer, self.wrap = list(examples), lang, tokenizer, wrap
+        self.examples, self.lang, self.tokenizer = list(examples), lang, tokenizer
+        self.generator = generator
         self.k, self.seed, self.options = k, seed, options
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -49,7 +51,7 @@ class GenerationCheck(L.Callback):
             devices=[pl_module.device] if pl_module.device.type == "cuda" else []
         ):
             metrics = generation_diagnostics(
-                self.wrap(pl_module.model, self.tokenizer),
+                self.generator(pl_module.model, self.tokenizer),
                 self.examples,
                 self.lang,
                 k=self.k,

@@ -76,7 +76,7 @@ from typing import Any
 
 import bashlex
 
-__all__ = ["ARG", "is_valid", "normalise_whitespace", "template", "template_match"]
+__all__ = ["ARG", "normalise_whitespace", "template", "template_match"]
 
 ARG = "ARG"
 """The placeholder that replaces every open argument."""
@@ -239,16 +239,6 @@ def _parse(cmd: str) -> list[Any] | None:
     except Exception:  # bashlex raises many error types (ParsingError, NotImplementedError...)
         return None
     return list(nodes)
-
-
-def is_valid(cmd: str) -> bool:
-    """True when bashlex parses ``cmd`` (after stripping surrounding whitespace)."""
-    if not isinstance(cmd, str):
-        return False
-    stripped = cmd.strip()
-    if not stripped:
-        return False
-    return _parse(stripped) is not None
 
 
 def template(cmd: str) -> str | None:

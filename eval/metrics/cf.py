@@ -1,6 +1,6 @@
 """Execution match for Excel conditional-formatting (CF) rules.
 
-A predicted rule is correct when, run by the project's interpreter (:mod:`codefusion.cfrules`)
+A predicted rule is correct when, run by the project's interpreter (:mod:`eval.metrics.cf_interpreter`)
 on the item's ``Data``, it highlights exactly the cells the gold rule highlights. When there is
 nothing to run on (``Data`` has a header but no rows) or the gold rule does not execute, the
 canonical forms are compared instead. ``Labels`` are never used: on the test split they are
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from codefusion.cfrules import CFError, canonical, execute, is_valid, parse
+from codefusion.cfrules import CFError, canonical, parse
+from eval.metrics.cf_interpreter import execute
 
-__all__ = ["exec_match", "is_valid"]
+__all__ = ["exec_match"]
 
 EXECUTION = "execution"
 CANONICAL = "canonical"

@@ -1,4 +1,4 @@
-"""Python metrics: normalised exact match, CoNaLa BLEU-4, chrF, validity, CodeBERTScore.
+"""Python metrics: normalised exact match, CoNaLa BLEU-4, chrF, CodeBERTScore.
 
 See ``docs/evaluation.md`` ("Python"). The offline metrics (exact match, BLEU-4, chrF) are
 always reported; none of them is comparable to the paper's Python numbers, which are
@@ -24,7 +24,6 @@ __all__ = [
     "chrf",
     "conala_tokenize",
     "exact_match",
-    "is_valid",
     "normalise",
     "sentence_bleu4",
 ]
@@ -60,11 +59,6 @@ def normalise(code: str) -> str:
 def exact_match(pred: str, gold: str) -> bool:
     """True when ``pred`` and ``gold`` have the same :func:`normalise` form."""
     return normalise(pred) == normalise(gold)
-
-
-def is_valid(code: str) -> bool:
-    """True when ``ast.parse`` accepts the (stripped) code."""
-    return isinstance(code, str) and _parse(code.strip()) is not None
 
 
 def conala_tokenize(code: str) -> list[str]:

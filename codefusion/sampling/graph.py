@@ -1,26 +1,22 @@
-"""Sampling: x_T ~ N(0, I) -> denoise over the schedule -> x0_hat -> D and H once -> argmax.
+"""The CUDA-graph runner: the plain sampler's step, captured once and replayed for every step.
 
-All draws of all prompts run as one batch. The prompt is encoded once and the cross-attention
-keys/values of E's output are computed once per call (``cache_cross_kv=True``): every one of
-the up-to-1200 denoising steps reuses them. Steps follow DDIM: with ``eta = 0`` a respaced run
-of S < T steps is deterministic given x_T; ``eta = 1`` is ancestral sampling.
-
-Fast path (``sample(..., fast=True)`` on CUDA): the loop has fixed shapes, so one denoising step
-(N's forward and the DDIM update, see :func:`ddim_step`) is compiled (``torch.compile``) and
-captured once as a CUDA graph over static buffers, and replayed for every step; the timestep and
-the step's coefficients are device tensors copied into the graph's inputs before each replay,
-so one graph serves every step of every call of the same shape. N runs as a bf16 copy of itself
-(:func:`low_precision_denoiser`, refreshed from the model's weights at each call), not under
-autocast: autocast inside a graph must re-cast every weight at every replay (its cast cache
-is off under capture), a third of the step's kernels. The DDIM update stays fp32. ``eta > 0``
-works: each step's noise is drawn from the caller's generator into a static buffer before the
-replay, in the plain loop's order. Prompt K/V are padded to a bucket of prompt lengths (powers
-of two), masked only when the bucket or the batch has padding: without a mask SDPA can take
-the flash kernel. On CPU, or with ``cache_cross_kv=False``, ``fast=True`` runs the plain loop.
+Taken by :func:`codefusion.sampling.sample` with ``fast`` on CUDA and cached K/V. The loop has
+fixed shapes, so one denoising step (N's forward and the DDIM update, :func:`ddim.ddim_step`) is
+compiled (``torch.compile``) and captured once as a CUDA graph over static buffers, and replayed
+for every step; the timestep and the step's coefficients (a row of :class:`ddim.StepPlan`) are
+device tensors copied into the graph's inputs before each replay, so one graph serves every step
+of every call of the same shape. N runs as a bf16 copy of itself (:func:`low_precision_denoiser`,
+refreshed from the model's weights at each call), not under autocast: autocast inside a graph
+must re-cast every weight at every replay (its cast cache is off under capture), a third of the
+step's kernels. The DDIM update stays fp32. ``eta > 0`` works: each step's noise is drawn from
+the caller's generator into a static buffer before the replay, in the plain loop's order. Prompt
+K/V are padded to a bucket of prompt lengths (powers of two), masked only when the bucket or the
+batch has padding: without a mask SDPA can take the flash kernel.
 
 A failed capture (or compilation) warns and runs the step eagerly, a correct but slow fallback;
 under :func:`strict_graphs` or ``CODEFUSION_STRICT_GRAPHS=1`` (the benchmark, the smoke check)
-it is an error instead.
+it is an error instead. ``sample_graph(..., use_graph=False, dtype=None, compile_backend=None)``
+runs the captured step function eagerly in fp32: on CPU it equals the plain loop (the tests).
 """
 
 from __future__ import annotations
@@ -31,203 +27,14 @@ import os
 import warnings
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from codefusion.diffusion import content_mask
 from codefusion.model import KV, CodeFusionModel, Denoiser
+from codefusion.sampling import ddim
+from codefusion.sampling.ddim import Known, SampleOutput, StepCoef, StepPlan
+from codefusion.sampling.options import SamplingOptions
 from codefusion.schedule import SqrtSchedule
-
-
-@dataclass
-class Known:
-    """Canvas positions whose tokens are given (the end of a chosen length, infilling).
-
-    At every step N's estimate x0_hat is replaced at these positions by L(token) before the DDIM
-    update, so their x_t follows the forward process of the given token (RePaint-style
-    replacement) and the final tokens there are the given ones."""
-
-    mask: torch.Tensor  # [N, C] bool: True = given
-    tokens: torch.Tensor  # [N, C] int64 (read where mask)
-
-
-@dataclass
-class SampleOutput:
-    tokens: torch.Tensor  # [N, C] argmax ids
-    scores: torch.Tensor  # [N] mean log-probability of the chosen tokens (content + end)
-    trace: list[tuple[int, torch.Tensor]] = field(
-        default_factory=list
-    )  # (t, tokens decoded from x0_hat)
-
-
-def nearest_embedding(x0: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Clamp each position to the closest token embedding (Diffusion-LM's clamping trick).
-
-    L's outputs all have the same norm, so the nearest one is the one with the largest dot product.
-    """
-    return table[(x0 @ table.T).argmax(-1)]
-
-
-@torch.no_grad()
-def decode_tokens(
-    model: CodeFusionModel,
-    x0: torch.Tensor,
-    kv_d: list[KV],
-    cross_mask: torch.Tensor | None,
-    known: Known | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """D and H on x0: argmax tokens [N, C] (the given ones where ``known``) and their mean
-    log-probability over the content and the first end token [N]."""
-    logp = F.log_softmax(model.logits(model.decode(x0, kv_d, cross_mask)).float(), dim=-1)
-    tokens = logp.argmax(-1)
-    if known is not None:
-        tokens = torch.where(known.mask, known.tokens, tokens)
-    best = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    content = content_mask(tokens, model.config.pad_id, model.config.eos_id).float()
-    return tokens, (best * content).sum(-1) / content.sum(-1)
-
-
-def known_inputs(
-    model: CodeFusionModel, known: Known | None
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``Known`` as :func:`ddim_step`'s inputs: mask [N, C, 1] and L(tokens) [N, C, Dz]."""
-    if known is None:
-        return None, None
-    return known.mask.unsqueeze(-1), model.embed_code(known.tokens)
-
-
-@torch.no_grad()
-def sample(
-    model: CodeFusionModel,
-    schedule: SqrtSchedule,
-    enc: torch.Tensor,  # [N, S, De] E(s), already repeated per draw
-    cross_mask: torch.Tensor | None,  # [N, 1, 1, S]
-    generator: torch.Generator,
-    steps: int | None = None,
-    eta: float = 0.0,
-    clamp: bool = False,
-    cache_cross_kv: bool = True,
-    trace_at: set[int] | None = None,
-    fast: bool = False,
-    known: Known | None = None,
-) -> SampleOutput:
-    """Denoise one batch of draws; ``steps`` None means all T steps.
-
-    ``fast=True`` takes the CUDA-graph path on CUDA tensors (bf16, cached K/V; see the module
-    docstring); elsewhere, and with ``cache_cross_kv=False``, it runs this plain loop.
-    With a self-conditioned N each step reads the previous step's x0_hat (zeros at the first).
-    """
-    if fast and enc.is_cuda and cache_cross_kv:
-        return sample_fast(
-            model, schedule, enc, cross_mask, generator, steps, eta, clamp, trace_at, known=known
-        )
-    cfg = model.config
-    n = enc.shape[0]
-    x = torch.randn(
-        (n, cfg.code_len, cfg.latent_dim), generator=generator, device=enc.device, dtype=enc.dtype
-    )
-    kv_n, kv_d = model.cross_kv(enc) if cache_cross_kv else (None, None)
-    table = None
-    if clamp:
-        table = model.embed_code(torch.arange(cfg.vocab_size, device=enc.device))
-    known_mask, known_x0 = known_inputs(model, known)
-    ts = schedule.timesteps(steps)
-    t_all, coef = step_plan(schedule, ts, eta)
-    trace: list[tuple[int, torch.Tensor]] = []
-    x0 = torch.zeros_like(x) if cfg.self_condition else None  # self-conditioning input
-    for i, t in enumerate(ts):
-        last = i == len(ts) - 1
-        kv = kv_n if cache_cross_kv else model.denoiser.cross_kv(enc)
-        noise = None
-        if eta > 0 and not last:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_prev, x0 = ddim_step(
-            model,
-            x,
-            t_all[i].expand(n),
-            coef[i],
-            kv,
-            cross_mask,
-            table,
-            noise,
-            x0_prev=x0 if cfg.self_condition else None,
-            known_mask=known_mask,
-            known_x0=known_x0,
-        )
-        if trace_at is not None and t in trace_at:
-            kv_dec = kv_d or model.decoder.cross_kv(enc)
-            trace.append((t, decode_tokens(model, x0, kv_dec, cross_mask, known)[0]))
-        x = x0 if last else x_prev
-    kv_dec = kv_d or model.decoder.cross_kv(enc)
-    tokens, scores = decode_tokens(model, x, kv_dec, cross_mask, known)
-    return SampleOutput(tokens, scores, trace)
-
-
-# --- one DDIM step, shared by the plain loop and the CUDA-graph path --------------------
-
-
-def step_plan(
-    schedule: SqrtSchedule, ts: list[int], eta: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-step inputs of :func:`ddim_step` for the descending steps ``ts``, on the schedule's
-    device: ``t`` [S] int64 and ``coef`` [S, 5] fp32 with columns ``sqrt(ab_t)``,
-    ``sqrt(1 - ab_t)``, ``sqrt(ab_prev)``, ``sqrt(1 - ab_prev - sigma^2)`` and ``sigma``: the
-    plain loop's formulas, elementwise. The last step has no successor; its row uses
-    ``ab_prev = ab_t`` (sigma 0), a finite placeholder: the sampler takes that step's x̂0."""
-    ab = schedule.alphas_cumprod
-    t = torch.tensor(ts, dtype=torch.long, device=ab.device)
-    prev = torch.tensor(ts[1:] + ts[-1:], dtype=torch.long, device=ab.device)
-    a_t, a_prev = ab[t], ab[prev]
-    sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp_min(0).sqrt()
-    coef = torch.stack(
-        [
-            schedule.sqrt_ab[t],
-            schedule.sqrt_1m_ab[t],
-            a_prev.sqrt(),
-            (1 - a_prev - sigma**2).clamp_min(0).sqrt(),
-            sigma,
-        ],
-        dim=1,
-    )
-    return t, coef
-
-
-def ddim_step(
-    model: CodeFusionModel,
-    x: torch.Tensor,  # [N, C, Dz] x_t
-    t: torch.Tensor,  # [N] int64
-    coef: torch.Tensor,  # [5], one row of step_plan's coef
-    kv: list[KV],  # N's cross-attention keys/values
-    cross_mask: torch.Tensor | None,  # [N, 1, 1, S]
-    table: torch.Tensor | None = None,  # [V, Dz]: clamp x̂0 to the nearest token embedding
-    noise: torch.Tensor | None = None,  # [N, C, Dz]: eta > 0
-    x0_prev: torch.Tensor | None = None,  # [N, C, Dz]: self-conditioning input
-    known_mask: torch.Tensor | None = None,  # [N, C, 1] bool: positions with given tokens
-    known_x0: torch.Tensor | None = None,  # [N, C, Dz]: L(given tokens)
-    denoiser: Denoiser | None = None,  # N to run (the fast path's bf16 copy); model's N if None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DDIM step x_t -> (x_prev, x̂0): the plain loop's body with every per-step number a
-    tensor, so that a single CUDA graph captured from it serves every step. Replacing x̂0 by
-    L(token) at given positions puts their x_prev on the forward-process path of that token.
-    The update is computed in ``x``'s dtype whatever N's."""
-    sqrt_ab, sqrt_1m_ab, sqrt_ab_prev, c_eps, sigma = coef.unbind(0)
-    net = model.denoise if denoiser is None else denoiser
-    out = net(x, t, kv, cross_mask, x0_prev).to(x.dtype)
-    x0 = out if model.config.prediction == "x0" else (x - sqrt_1m_ab * out) / sqrt_ab
-    if table is not None:
-        x0 = nearest_embedding(x0, table)
-    if known_mask is not None:
-        x0 = torch.where(known_mask, known_x0.to(x0.dtype), x0)
-    eps = (x - sqrt_ab * x0) / sqrt_1m_ab
-    x_prev = sqrt_ab_prev * x0 + c_eps * eps
-    if noise is not None:
-        x_prev = x_prev + sigma * noise
-    return x_prev, x0
-
-
-# --- fast path: one denoising step over static buffers, captured once as a CUDA graph ----------
 
 
 class GraphCaptureError(RuntimeError):
@@ -305,8 +112,9 @@ class DenoiseStep:
     writes only them.
 
     ``step`` is the function the CUDA graph captures (compiled first where
-    ``compile_backend`` says): it computes :func:`ddim_step` on ``x`` at ``t`` with ``coef``
-    (and ``noise``), writes x̂0 to ``x0`` and x_prev over ``x``. Between replays only the
+    ``compile_backend`` says): it computes :func:`ddim.ddim_step` on ``x`` at ``t`` with
+    ``coef`` (one row of the plan, :class:`ddim.StepCoef`'s fields; and ``noise``), writes x̂0
+    to ``x0`` and x_t' over ``x``. Between replays only the
     buffers' contents change, never their addresses: :meth:`load` fills the per-call ones (x_T,
     N's cross-attention K/V padded to ``prompt_len``, the clamping table), the sampler the
     per-step ones (``t``, ``coef``, ``noise``). ``net`` is N or its low-precision copy, whose
@@ -335,7 +143,7 @@ class DenoiseStep:
         self.x = torch.zeros((n, cfg.code_len, cfg.latent_dim), dtype=x_dtype, device=dev)
         self.x0 = torch.zeros_like(self.x)
         self.t = torch.zeros((n,), dtype=torch.long, device=dev)
-        self.coef = torch.ones((5,), dtype=torch.float32, device=dev)
+        self.coef = torch.ones((len(StepCoef._fields),), dtype=torch.float32, device=dev)
         self.noise = torch.zeros_like(self.x) if with_noise else None
         self.known_mask = (
             torch.zeros((n, cfg.code_len, 1), dtype=torch.bool, device=dev) if with_known else None
@@ -400,13 +208,13 @@ class DenoiseStep:
             self.known_x0.copy_(known_x0)
 
     def step(self, model: CodeFusionModel) -> None:
-        """The captured function: one :func:`ddim_step` from and into the static buffers, N in
-        its own dtype (no autocast) and the update in ``x``'s."""
-        x_prev, x0 = ddim_step(
+        """The captured function: one :func:`ddim.ddim_step` from and into the static buffers,
+        N in its own dtype (no autocast) and the update in ``x``'s."""
+        x_prev, x0 = ddim.ddim_step(
             model,
             self.x,
             self.t,
-            self.coef,
+            StepCoef.of(self.coef),
             self.kv,
             self.mask,
             self.table,
@@ -521,30 +329,28 @@ def _denoise_step_for(
 
 
 @torch.no_grad()
-def sample_fast(
+def sample_graph(
     model: CodeFusionModel,
     schedule: SqrtSchedule,
     enc: torch.Tensor,
     cross_mask: torch.Tensor | None,
     generator: torch.Generator,
-    steps: int | None = None,
-    eta: float = 0.0,
-    clamp: bool = False,
+    options: SamplingOptions,
+    known: Known | None = None,
     trace_at: set[int] | None = None,
     use_graph: bool | None = None,
     dtype: torch.dtype | None | str = "auto",
-    known: Known | None = None,
     compile_backend: str | None = "auto",
 ) -> SampleOutput:
-    """The fast path of :func:`sample` (cached K/V always).
+    """The graph path of :func:`codefusion.sampling.sample` (cached K/V always).
 
     ``use_graph`` None: a CUDA graph on CUDA. ``dtype`` "auto": N runs as a bf16 copy on CUDA
     where supported, else N itself in fp32 (None); D runs once, under autocast in that dtype.
     ``compile_backend`` "auto": the step is compiled with inductor before capture on CUDA
     (unless ``CODEFUSION_COMPILE_SAMPLER=0``), not elsewhere (None); tests pass "eager" to check
-    that it traces as one graph. With
-    ``use_graph=False, dtype=None, compile_backend=None`` it runs the captured step function
-    eagerly in fp32 and equals the plain loop (the CPU test of the graph path's logic)."""
+    that it traces as one graph. With ``use_graph=False, dtype=None, compile_backend=None`` it
+    runs the captured step function eagerly in fp32 and equals the plain loop (the CPU test of
+    the graph path's logic)."""
     cfg = model.config
     dev = enc.device
     if use_graph is None:
@@ -557,11 +363,8 @@ def sample_fast(
         # single short generate call may rather skip it (CODEFUSION_COMPILE_SAMPLER=0).
         wanted = os.environ.get("CODEFUSION_COMPILE_SAMPLER", "1") not in ("0", "")
         compile_backend = "inductor" if dev.type == "cuda" and wanted else None
-    n = enc.shape[0]
     # The same first draw as the plain loop: the same x_T for the same generator state.
-    x = torch.randn(
-        (n, cfg.code_len, cfg.latent_dim), generator=generator, device=dev, dtype=enc.dtype
-    )
+    x = ddim.initial_noise(model, enc, generator)
 
     def amp() -> torch.autocast:
         return torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None)
@@ -571,22 +374,21 @@ def sample_fast(
     with amp():
         kv_d = model.decoder.cross_kv(enc)
     table = None
-    if clamp:
+    if options.clamp:
         table = model.embed_code(torch.arange(cfg.vocab_size, device=dev))
-    ts = schedule.timesteps(steps)
-    t_plan, coef_plan = step_plan(schedule, ts, eta)
+    plan = StepPlan.for_options(schedule, options)
     s = enc.shape[1]
     prompt_len = prompt_bucket(s, cfg.max_prompt_len)
     masked = cross_mask is not None or prompt_len != s
-    known_mask, known_x0 = known_inputs(model, known)
+    known_mask, known_x0 = ddim.known_inputs(model, known)
     runner = _denoise_step_for(
         model,
         net,
         kv_n,
         prompt_len,
         x.dtype,
-        clamp,
-        eta > 0,
+        options.clamp,
+        options.eta > 0,
         use_graph,
         known is not None,
         masked,
@@ -594,10 +396,10 @@ def sample_fast(
     )
     runner.load(x, kv_n, cross_mask, table, known_mask, known_x0)
     trace: list[tuple[int, torch.Tensor]] = []
-    for i, t in enumerate(ts):
-        runner.t.copy_(t_plan[i])  # 0-d -> [N]
-        runner.coef.copy_(coef_plan[i])
-        if runner.noise is not None and i < len(ts) - 1:
+    for i, t in enumerate(plan.ts):
+        runner.t.copy_(plan.t[i])  # 0-d -> [N]
+        runner.coef.copy_(plan.coef[i])
+        if runner.noise is not None and i < len(plan) - 1:
             # The plain loop draws after the model call; the model draws nothing, so drawing
             # before the replay consumes the generator in the same order.
             runner.noise.copy_(
@@ -611,7 +413,8 @@ def sample_fast(
         runner(model)
         if trace_at is not None and t in trace_at:
             with amp():
-                trace.append((t, decode_tokens(model, runner.x0, kv_d, cross_mask, known)[0]))
+                trace.append((t, ddim.decode_tokens(model, runner.x0, kv_d, cross_mask, known)[0]))
     with amp():
-        tokens, scores = decode_tokens(model, runner.x0, kv_d, cross_mask, known)  # x̂0 at t = 0
+        # x̂0 of the last step (t = 0)
+        tokens, scores = ddim.decode_tokens(model, runner.x0, kv_d, cross_mask, known)
     return SampleOutput(tokens, scores, trace)

@@ -1,13 +1,17 @@
-"""Per-benchmark scoring rules: what counts as correct, how candidates are normalised and
-tokenised for diversity, and what counts as syntactically valid."""
+"""How each benchmark is scored: what counts as correct, how candidates are normalised and
+tokenised for diversity, and what counts as syntactically valid (``codefusion.syntax``, the
+check syntax-aware ranking uses too)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+from codefusion.cfrules import normal_form
 from codefusion.data import Example
+from codefusion.syntax import is_valid
 from eval.metrics import bash as bash_m
 from eval.metrics import cf as cf_m
 from eval.metrics import python as py_m
@@ -28,17 +32,8 @@ class Scoring:
 _CF_TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
-def _cf_normalise(code: str) -> str:
-    from codefusion.cfrules import CFError, canonical
-
-    try:
-        return canonical(code)
-    except CFError:
-        return " ".join(code.split())
-
-
 def _python_correct(pred: str, ex: Example) -> tuple[bool, str]:
-    decided = "ast" if py_m.is_valid(ex.code) else "text"
+    decided = "ast" if is_valid(ex.code, "python") else "text"
     return py_m.exact_match(pred, ex.code), decided
 
 
@@ -47,9 +42,9 @@ SCORING: dict[str, Scoring] = {
         "cf",
         "execution match on the item's Data (canonical form when it has no rows)",
         lambda pred, ex: cf_m.exec_match(pred, ex.code, ex.data),
-        _cf_normalise,
+        normal_form,
         _CF_TOKEN.findall,
-        cf_m.is_valid,
+        functools.partial(is_valid, language="cf"),
     ),
     "bash": Scoring(
         "bash",
@@ -57,7 +52,7 @@ SCORING: dict[str, Scoring] = {
         lambda pred, ex: bash_m.template_match(pred, ex.code),
         lambda c: bash_m.template(c) or bash_m.normalise_whitespace(c),
         str.split,
-        bash_m.is_valid,
+        functools.partial(is_valid, language="bash"),
     ),
     "python": Scoring(
         "python",
@@ -65,6 +60,6 @@ SCORING: dict[str, Scoring] = {
         _python_correct,
         py_m.normalise,
         py_m.conala_tokenize,
-        py_m.is_valid,
+        functools.partial(is_valid, language="python"),
     ),
 }
