@@ -243,9 +243,10 @@ class TrainingModule(L.LightningModule):
 
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: L at ``embedding_lr_mult`` times the learning rate, the rest at it."""
-        if not isinstance(self.model, CodeFusionModel) or self.embedding_lr_mult == 1.0:
+        owner = getattr(self.model, "embedding_parameters", None)  # CodeFusion's L
+        if owner is None or self.embedding_lr_mult == 1.0:
             return [{"params": list(self.model.parameters())}]
-        emb = self.model.embedding_parameters()
+        emb = owner()
         ids = {id(p) for p in emb}
         rest = [p for p in self.model.parameters() if id(p) not in ids]
         return [{"params": rest}, {"params": emb, "lr": self.lr * self.embedding_lr_mult}]
