@@ -372,7 +372,10 @@ class CodeFusionModel(nn.Module):
         stacks = (self.denoiser, self.decoder)
         per_prompt_token = linear_weights(self.encoder) + sum(linear_weights(m, kv) for m in stacks)
         per_example = linear_weights(self.denoiser, timestep)
-        per_code_token = linear_weights(self.head) + sum(
+        # H: a [V, Dz] matmul per code token, tied or not (the tied table's own projection,
+        # V x De x Dz once per step, is left out: it does not grow with the batch).
+        head = cfg.vocab_size * cfg.latent_dim
+        per_code_token = head + sum(
             linear_weights(m, lambda n: not kv(n) and not timestep(n)) for m in stacks
         )
         matmul = 2 * (per_prompt_token * b * s + per_code_token * b * c + per_example * b)
