@@ -66,19 +66,27 @@ def generate_all(
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = True,
+    deadline: float | None = None,
     **options: Any,
 ) -> list[list[Any]]:
     """Top-k candidates for every example, in batches, with a progress bar.
 
     Batch ``i`` uses seed ``seed + i``: results do not depend on anything but the options.
+    ``deadline`` (a ``time.monotonic()`` value): no batch is started that the last batch's
+    duration says would end after it; the result then covers the first examples only.
     """
     out: list[list[Any]] = []
+    last = 0.0
     with tqdm(total=len(examples), desc="generate", unit="item", disable=not progress) as bar:
         for i, start in enumerate(range(0, len(examples), batch_size)):
+            if deadline is not None and out and time.monotonic() + last > deadline:
+                break
+            t0 = time.monotonic()
             chunk = examples[start : start + batch_size]
             prompts = [e.prompt for e in chunk]
             out.extend(generator.generate(prompts, k=k, seed=seed + i, allow_empty=True, **options))
             bar.update(len(chunk))
+            last = time.monotonic() - t0
     return out
 
 
@@ -289,17 +297,31 @@ def run_eval(
     codebertscore: str | None = None,
     seed: int = 0,
     nl2bash: Nl2BashSubset | None = None,
+    deadline: float | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Generate, score, and write predictions.jsonl, metrics.json and table.md to ``out_dir``.
-    ``nl2bash``: the items of Bash's NL2Bash-comparable figure (see :func:`find_nl2bash_subset`)."""
+    ``nl2bash``: the items of Bash's NL2Bash-comparable figure (see :func:`find_nl2bash_subset`).
+    ``deadline``: see :func:`generate_all`; the items generated before it are scored, and
+    ``metrics["stopped_at_deadline"]`` says how many of how many."""
     scoring = SCORING[lang]
     t0 = time.perf_counter()
     candidates = generate_all(
-        generator, examples, k=k, batch_size=batch_size, seed=seed, progress=progress, **options
+        generator,
+        examples,
+        k=k,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        deadline=deadline,
+        **options,
     )
     gen_s = time.perf_counter() - t0
+    planned = len(examples)
+    examples = examples[: len(candidates)]
     records, metrics = score(scoring, examples, candidates, nl2bash)
+    if len(examples) < planned:
+        metrics["stopped_at_deadline"] = {"items": len(examples), "planned": planned}
     tokenizer = getattr(generator, "tokenizer", None)
     if tokenizer is not None:
         from eval.diagnose import length_accuracy
@@ -322,6 +344,7 @@ _KEPT_ON_RESCORE = (
     "system",
     "generation_seconds",
     "options",
+    "stopped_at_deadline",
 )
 
 

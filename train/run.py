@@ -123,19 +123,28 @@ def trainer_for(
     stage_dir: Path,
     progress: bool = True,
     extra_callbacks: list | None = None,
+    checkpoints: bool = True,
+    max_time: float | None = None,
 ) -> L.Trainer:
+    """The stage's Trainer. ``checkpoints=False``: no checkpoint is ever written (a budgeted
+    run keeps nothing but the export: writing weights and AdamW states costs seconds);
+    ``max_time``: Lightning stops the fit after that many seconds of training."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    callbacks: list = [
-        ModelCheckpoint(
-            dirpath=stage_dir / "checkpoints",
-            filename="step{step}",
-            auto_insert_metric_name=False,
-            every_n_train_steps=st.ckpt_every,
-            save_last=True,
-            save_top_k=1,
-        ),
+    callbacks: list = []
+    if checkpoints:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=stage_dir / "checkpoints",
+                filename="step{step}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=st.ckpt_every,
+                save_last=True,
+                save_top_k=1,
+            )
+        )
+    callbacks += [
         LearningRateMonitor(logging_interval="step"),
         *(extra_callbacks or []),  # before the EMA: they see the averaged weights at validation
     ]
@@ -176,6 +185,8 @@ def trainer_for(
         callbacks=callbacks,
         logger=loggers,
         enable_progress_bar=progress,
+        enable_checkpointing=checkpoints,
+        max_time=None if max_time is None else {"seconds": max(1.0, max_time)},
         enable_model_summary=False,
         plugins=[AtomicCheckpointIO()],  # atomic writes, weights_only loads (train/resume.py)
     )
@@ -187,8 +198,13 @@ def run_stage(
     init_from: Path | None = None,
     resume: bool = True,
     progress: bool = True,
+    callbacks: list | None = None,
+    checkpoints: bool = True,
+    max_time: float | None = None,
 ) -> Path:
-    """Train one stage; returns the exported model directory."""
+    """Train one stage; returns the exported model directory. ``callbacks`` join the
+    Trainer's (bench/budget.py's planner); ``checkpoints`` and ``max_time``: see
+    :func:`trainer_for`."""
     st: StageConfig | None = getattr(cfg, stage)
     if st is None:
         raise RunConfigError(f"the config has no {stage} section")
@@ -228,7 +244,7 @@ def run_stage(
     )
     objective = build_objective(arch, model, st)
     module = TrainingModule(model, objective, **st.pick(TrainingModule.STAGE_KEYS))
-    extra = []
+    extra = list(callbacks or [])
     if stage == "finetune" and st.val_generate > 0:
         dm.setup()
         extra.append(generation_check(cfg, st, dm, tok, generator_class(arch)))
@@ -238,7 +254,7 @@ def run_stage(
     ckpt_path = str(last) if resume and last.is_file() else None
     if ckpt_path:
         log.info("resuming %s from %s", stage, last)
-    trainer = trainer_for(cfg, st, stage_dir, progress, extra)
+    trainer = trainer_for(cfg, st, stage_dir, progress, extra, checkpoints, max_time)
     try:
         with warnings.catch_warnings():  # our DataModule restores the position in the epoch
             warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
