@@ -118,3 +118,16 @@ def test_every_shipped_config_loads():
             cfg = load_run_config(path, [f"model.architecture={arch}"])
             with torch.device("meta"):  # sizes only
                 build_generator(cfg, _Vocab())
+
+
+def test_prompt_dropout_drops_a_seeded_share_of_prompts():
+    from train.data import PairDataset
+
+    pairs = [(f"prompt {i}", f"code {i}") for i in range(400)]
+    ds = PairDataset(pairs, prompt_dropout=0.25, seed=3)
+    rows = [ds[(0, i)] for i in range(400)]
+    dropped = [r for r in rows if r.uncond]
+    assert 60 < len(dropped) < 140 and all(r.prompt == "" for r in dropped)
+    assert [r.uncond for r in rows] == [ds[(0, i)].uncond for i in range(400)]  # seeded
+    assert [r.uncond for r in rows] != [ds[(1, i)].uncond for i in range(400)]  # per epoch
+    assert not any(PairDataset(pairs)[i].uncond for i in range(400))

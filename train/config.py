@@ -63,6 +63,8 @@ class StageConfig:
     # Pre-training only: share of rows trained unconditionally (E(s) := noise); the rest are CPD.
     uncond_ratio: float = 0.5
     mask_rate: float = 0.3
+    # Fine-tuning only: share of pairs trained without their prompt (classifier-free guidance).
+    prompt_dropout: float = 0.0
     # Validation: a held-out share of the training data (never the test split).
     val_fraction: float = 0.02
     val_every: int = 200
@@ -93,8 +95,10 @@ class StageConfig:
     def __post_init__(self) -> None:
         if self.on_nan not in ("stop", "skip"):
             raise RunConfigError(f"on_nan must be 'stop' or 'skip', not {self.on_nan!r}")
-        if not 0.0 <= self.uncond_ratio <= 1.0 or not 0.0 <= self.mask_rate <= 1.0:
-            raise RunConfigError("uncond_ratio and mask_rate must lie in [0, 1]")
+        if not all(
+            0.0 <= v <= 1.0 for v in (self.uncond_ratio, self.mask_rate, self.prompt_dropout)
+        ):
+            raise RunConfigError("uncond_ratio, mask_rate and prompt_dropout must lie in [0, 1]")
         if self.max_steps < 1 or self.batch_size < 1:
             raise RunConfigError("max_steps and batch_size must be positive")
         from codefusion.diffusion import DECODER_INPUTS, NOISE_WEIGHTINGS

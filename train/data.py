@@ -68,16 +68,31 @@ class PretrainDataset(Dataset):
 
 
 class PairDataset(Dataset):
-    """(prompt, code) pairs for fine-tuning."""
+    """(prompt, code) pairs for fine-tuning. With ``prompt_dropout`` a share of rows, drawn per
+    (seed, epoch, index), is unconditional (E(s) := noise, as in pre-training): the model then
+    also predicts without the prompt, which classifier-free guidance mixes in at sampling."""
 
-    def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
-        self.pairs = list(pairs)
+    def __init__(
+        self, pairs: Sequence[tuple[str, str]], prompt_dropout: float = 0.0, seed: int = 0
+    ) -> None:
+        self.pairs, self.prompt_dropout, self.seed, self.epoch = (
+            list(pairs),
+            prompt_dropout,
+            seed,
+            0,
+        )
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i: int | tuple[int, int]) -> Row:
-        return Row(*self.pairs[i[1] if isinstance(i, tuple) else i])
+        epoch, i = i if isinstance(i, tuple) else (self.epoch, i)
+        prompt, code = self.pairs[i]
+        if self.prompt_dropout and random.Random(f"{self.seed}/{epoch}/{i}").random() < (
+            self.prompt_dropout
+        ):
+            return Row("", code, uncond=True)
+        return Row(prompt, code)
 
 
 class EpochTagged(Sampler[tuple[int, int]]):
@@ -179,9 +194,10 @@ class CodeFusionDataModule(L.LightningDataModule):
         python_corpus: str | None = None,
         num_workers: int = 0,
         holdout: str = "code",
+        prompt_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.holdout = holdout
+        self.holdout, self.prompt_dropout = holdout, prompt_dropout
         self.val_examples: list[Example] = []  # fine-tuning: the held-out examples
         if stage not in ("pretrain", "finetune"):
             raise ValueError(f"unknown stage {stage!r}")
@@ -216,7 +232,9 @@ class CodeFusionDataModule(L.LightningDataModule):
             )
             log.info("held out %d of %d rows (by %s)", len(val), len(examples), self.holdout)
             self.val_examples = val
-            self.train_set = PairDataset([(e.prompt, e.code) for e in train])
+            self.train_set = PairDataset(
+                [(e.prompt, e.code) for e in train], self.prompt_dropout, self.seed
+            )
             self.val_set = PairDataset([(e.prompt, e.code) for e in val])
         _, cut = self.tok.encode_code(
             [r.code for r in (self.train_set[i] for i in range(min(2000, len(self.train_set))))],
@@ -230,7 +248,7 @@ class CodeFusionDataModule(L.LightningDataModule):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        if isinstance(self.train_set, PretrainDataset):
+        if isinstance(self.train_set, (PretrainDataset, PairDataset)):
             self.train_set.epoch = epoch
 
     def set_position(self, epoch: int, batches_done: int) -> None:

@@ -235,6 +235,7 @@ def run_stage(
         st.batch_size,
         uncond_ratio=st.uncond_ratio,
         mask_rate=st.mask_rate,
+        prompt_dropout=st.prompt_dropout if stage == "finetune" else 0.0,
         val_fraction=st.val_fraction,
         seed=cfg.seed,
         data_dir=cfg.data_dir,
