@@ -374,3 +374,173 @@ class StagePlanner(L.Callback):
     def _stage(trainer: L.Trainer) -> str:
         root = getattr(trainer, "default_root_dir", None) or "stage"
         return str(root).rstrip("/").rsplit("/", 1)[-1]
+
+
+# --- the lease: which command runs which benchmark, for how long ----------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ``bench/reproduce.py`` run: ``benchmark`` and ``preset`` within ``minutes`` (its
+    ``--budget-minutes``; for the smoke mode, which has no budget, the time it is expected to
+    take), results under ``$OUT/<name>``."""
+
+    name: str
+    benchmark: str
+    preset: str
+    minutes: float
+    smoke: bool = False
+
+    def command(self) -> str:
+        if self.smoke:
+            return (
+                f"python3 bench/reproduce.py --smoke --benchmark {self.benchmark} "
+                f"--preset {self.preset} --out $OUT/{self.name} --no-progress"
+            )
+        return (
+            f"python3 bench/reproduce.py --benchmark {self.benchmark} --preset {self.preset} "
+            f"--budget-minutes {self.minutes:g} --out $OUT/{self.name} --no-progress"
+        )
+
+    @property
+    def files(self) -> int:
+        return 1 if self.smoke else 4  # smoke.json; metrics, table, predictions, run
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The GPU lease's limits (/work/.library/device/README.md) and what a call costs beside its
+    commands: the machine's start (``start_minutes``, once: later calls find it warm when each
+    follows the last within its 30 s), and per call the transfers and the wheel install
+    (``call_overhead_minutes``)."""
+
+    total_minutes: float = 30.0
+    command_minutes: float = 10.0
+    files_per_call: int = 8
+    start_minutes: float = 2.0
+    call_overhead_minutes: float = 0.5
+
+
+# The plan the README gives: the smoke check first (it finds every GPU-only failure before real
+# time is spent), then one call per benchmark running CodeFusion and its AR baseline (8 result
+# files: the most that come back from one call). Bash gets the most: its 2,522 test items and
+# 10K fine-tuning rows; the baselines less: beam search needs no 1200-step sampling.
+PAPER_PLAN: tuple[tuple[Job, ...], ...] = (
+    (Job("smoke", "cf", "paper", 2.0, smoke=True),),
+    (Job("cf", "cf", "paper", 4.0), Job("cf-ar", "cf", "ar-paper", 2.5)),
+    (Job("bash", "bash", "paper", 5.0), Job("bash-ar", "bash", "ar-paper", 3.5)),
+    (Job("python", "python", "paper", 4.5), Job("python-ar", "python", "ar-paper", 3.0)),
+)
+
+# What every call runs first: the carried wheels (bashlex), the checkout on the path, the
+# carried data (bench/prepare_carry.py).
+CALL_PREFIX = (
+    "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "
+    "/tmp/site .carry/wheels/*.whl && export PYTHONPATH=/tmp/site:. "
+    "CODEFUSION_DATA=.carry/data PYTHONUNBUFFERED=1 && "
+)
+
+
+def call_command(jobs: Sequence[Job]) -> str:
+    """One device call's command line: the prefix, then the jobs one after another (``;``: a
+    failed run leaves the next its time)."""
+    return CALL_PREFIX + "; ".join(j.command() for j in jobs)
+
+
+def check_lease(
+    plan: Sequence[Sequence[Job]] = PAPER_PLAN, lease: Lease = Lease()
+) -> dict[str, Any]:
+    """The plan's minutes per call and in all, checked against ``lease``: a
+    :class:`BudgetError` naming the first limit it breaks (a call over the per-command limit
+    or with too many result files, the whole over the session's device time, a benchmark or
+    system missing)."""
+    calls = []
+    for i, jobs in enumerate(plan, 1):
+        minutes = sum(j.minutes for j in jobs) + lease.call_overhead_minutes
+        files = sum(j.files for j in jobs)
+        names = [j.name for j in jobs]
+        if minutes > lease.command_minutes:
+            raise BudgetError(
+                f"call {i} ({', '.join(names)}) needs {minutes:g} minutes with its overhead: "
+                f"over the {lease.command_minutes:g}-minute limit of one command"
+            )
+        if files > lease.files_per_call:
+            raise BudgetError(
+                f"call {i} ({', '.join(names)}) writes {files} result files: over the "
+                f"{lease.files_per_call} that come back from one call"
+            )
+        command = call_command(jobs)
+        if len(command) > 2000:
+            raise BudgetError(f"call {i}'s command is {len(command)} characters: over 2,000")
+        calls.append({"jobs": names, "minutes": minutes, "files": files, "command": command})
+    total = lease.start_minutes + sum(c["minutes"] for c in calls)
+    if total > lease.total_minutes:
+        raise BudgetError(
+            f"the plan needs {total:g} minutes of device time (machine start "
+            f"{lease.start_minutes:g}, calls {total - lease.start_minutes:g}): over the "
+            f"{lease.total_minutes:g} minutes of one session"
+        )
+    runs = {(j.benchmark, j.preset.startswith("ar-")) for jobs in plan for j in jobs if not j.smoke}
+    missing = [
+        f"{b}{' AR baseline' if ar else ''}"
+        for b in ("cf", "bash", "python")
+        for ar in (False, True)
+        if (b, ar) not in runs
+    ]
+    if missing:
+        raise BudgetError(f"the plan runs no {', '.join(missing)}")
+    if not any(j.smoke for j in plan[0]):
+        raise BudgetError("the plan's first call must be the smoke check")
+    return {"calls": calls, "total_minutes": total, "slack_minutes": lease.total_minutes - total}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(
+        prog="python bench/budget.py",
+        description="Print the GPU lease plan of the paper reproduction (which benchmark in "
+        "which device call, how many minutes each, the exact commands) and check it against "
+        "the lease's limits; exits 2 naming the limit it breaks.",
+    )
+    p.add_argument("--total-minutes", type=float, default=Lease.total_minutes)
+    p.add_argument("--command-minutes", type=float, default=Lease.command_minutes)
+    p.add_argument(
+        "--start-minutes",
+        type=float,
+        default=Lease.start_minutes,
+        help="the machine's start, counted once (default %(default)s)",
+    )
+    p.add_argument(
+        "--call-overhead-minutes",
+        type=float,
+        default=Lease.call_overhead_minutes,
+        help="transfers and the wheel install, per call (default %(default)s)",
+    )
+    args = p.parse_args(argv)
+    lease = Lease(
+        args.total_minutes,
+        args.command_minutes,
+        Lease.files_per_call,
+        args.start_minutes,
+        args.call_overhead_minutes,
+    )
+    try:
+        plan = check_lease(PAPER_PLAN, lease)
+    except BudgetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"machine start: {lease.start_minutes:g} min")
+    for i, c in enumerate(plan["calls"], 1):
+        print(f"call {i}: {', '.join(c['jobs'])}: {c['minutes']:g} min, {c['files']} files")
+        print(f"  {c['command']}")
+    print(
+        f"total {plan['total_minutes']:g} of {lease.total_minutes:g} minutes "
+        f"({plan['slack_minutes']:g} to spare); every call: timeout_s 600, carry [\".carry\"]"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
