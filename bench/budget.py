@@ -239,7 +239,7 @@ class StagePlanner(L.Callback):
     training step) and ``peak_flops`` give the MFU (None where either is unknown).
 
     :attr:`report` holds what happened: the rate, the plan, the steps run, wall-clock,
-    tokens/s (code tokens: batch x code_len per step) and MFU."""
+    tokens/s (code tokens: the batches' rows x code_len per step) and MFU."""
 
     def __init__(
         self,
@@ -267,6 +267,7 @@ class StagePlanner(L.Callback):
         self.t_fit = self.t_train = self.t_probe = None
         self.n_probe = 0
         self.prompt_widths: list[int] = []
+        self.rows: list[int] = []  # the batches' real rows (a small set gives fewer than asked)
         self.report: dict[str, Any] = {}
 
     # --- Lightning hooks ---------------------------------------------------------------------
@@ -281,8 +282,9 @@ class StagePlanner(L.Callback):
             self._set_max_steps(trainer, pl_module, min(self.cap, trainer.max_steps))
 
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
-        if self.phase == "probe":  # a host-side shape: no device read
+        if self.phase in ("probe", "run") and len(self.rows) < 1000:  # host-side shapes
             self.prompt_widths.append(int(batch.prompt_ids.shape[1]))
+            self.rows.append(int(batch.prompt_ids.shape[0]))
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, idx: int) -> None:
         n = trainer.global_step
@@ -314,7 +316,8 @@ class StagePlanner(L.Callback):
             # Steady state: from the end of the warm-up steps to the end of training.
             rate = (steps - self.n_probe) / (end - self.t_probe)
             r["steps_per_s"] = round(rate, 4)
-            r["tokens_per_s"] = round(rate * self.batch_size * self.code_len, 1)
+            r["rows_per_step"] = round(self._rows(), 1)
+            r["tokens_per_s"] = round(rate * self._rows() * self.code_len, 1)
             r["mfu"] = self._mfu(rate)
         else:
             r.setdefault("steps_per_s", None)
@@ -363,11 +366,14 @@ class StagePlanner(L.Callback):
                 bar.total = steps
                 bar.refresh()
 
+    def _rows(self) -> float:
+        return sum(self.rows) / len(self.rows) if self.rows else float(self.batch_size)
+
     def _mfu(self, rate: float) -> float | None:
         if not self.flops or not self.peak_flops or not self.prompt_widths:
             return None
         width = round(sum(self.prompt_widths) / len(self.prompt_widths))
-        flops = self.flops(self.model, self.batch_size, width)
+        flops = self.flops(self.model, max(1, round(self._rows())), width)
         return round(flops * rate / self.peak_flops, 4)
 
     @staticmethod
@@ -537,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {c['command']}")
     print(
         f"total {plan['total_minutes']:g} of {lease.total_minutes:g} minutes "
-        f"({plan['slack_minutes']:g} to spare); every call: timeout_s 600, carry [\".carry\"]"
+        f'({plan["slack_minutes"]:g} to spare); every call: timeout_s 600, carry [".carry"]'
     )
     return 0
 

@@ -79,7 +79,7 @@ PRESETS = SIZES + tuple(f"ar-{s}" for s in SIZES)
 BASELINE = "t5-baseline"
 OUTPUTS = ("metrics.json", "table.md", "predictions.jsonl", "run.json")
 MAX_OUTPUT_BYTES = 16 * 2**20  # what comes back from the GPU machine, per file
-MIN_BUDGET_S = 60.0  # below this not even a tiny model trains and evaluates
+MIN_BUDGET_S = 20.0  # below this not even a tiny model trains and evaluates
 # Peak dense bf16 FLOP/s of the GPUs the lease lends (MFU; null elsewhere unless given).
 PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0}
 SMOKE_STEPS, SMOKE_ITEMS, SMOKE_SAMPLING_STEPS, SMOKE_CPU_BATCH = 3, 5, 10, 8
@@ -280,8 +280,10 @@ def build_config(args: argparse.Namespace, data: Path, work: Path, smoke: bool, 
             f"{stage}.val_batches=0",
             f"{stage}.val_generate=0",
         ]
+        st = getattr(base, stage)
+        if dev.type == "cpu":  # data workers would take the cores the model trains on
+            sets.append(f"{stage}.num_workers={min(st.num_workers, 1)}")
         if smoke and dev.type == "cpu":
-            st = getattr(base, stage)
             sets.append(f"{stage}.batch_size={min(st.batch_size, SMOKE_CPU_BATCH)}")
     cfg = load_run_config(path, sets + list(args.overrides))
     suffix = "-ar" if args.architecture == BASELINE else ""
@@ -364,13 +366,12 @@ def _timed(fn: Callable[[], Any], dev) -> tuple[Any, float]:
     return out, time.monotonic() - t0
 
 
-def plan_eval(
-    gen, lang: str, examples: list, batch_size: int, seconds: float, ladder=EVAL_LADDER
-) -> tuple[EvalPlan, dict[str, Any]]:
+def probe_eval(gen, lang: str, examples: list, batch_size: int) -> dict[str, Any]:
     """Time the generation of the first batch (after warming every batch shape the evaluation
-    will meet: on CUDA each is compiled and captured once) and the scoring of its items, then
-    plan into ``seconds``: CodeFusion's sampling steps from ``ladder``, the baseline's items.
-    ``probe["seconds"]``: what the timing itself took, warm-up excluded."""
+    will meet: on CUDA each is compiled and captured once) and the scoring of its items:
+    CodeFusion's cost line (``per_batch_s`` + ``per_step_s`` x steps), the baseline's
+    ``per_batch_s``, and ``score_per_item_s``. ``seconds``: what the timing itself took,
+    warm-up excluded."""
     from codefusion.sampling.graph import prompt_bucket
     from eval.harness import score
     from eval.scoring import SCORING
@@ -379,7 +380,7 @@ def plan_eval(
     chunks = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
     prompts = [[e.prompt for e in c] for c in chunks]
     takes_steps = gen.takes("steps")
-    probe: dict[str, Any] = {}
+    probe: dict[str, Any] = {"takes_steps": takes_steps}
 
     def generate(ps: list[str], **opts: Any):
         return gen.generate(ps, k=5, seed=0, allow_empty=True, **opts)
@@ -408,22 +409,43 @@ def plan_eval(
         probe.update(per_batch_s=round(per_batch, 4), per_step_s=round(per_step, 6))
     else:
         cands, per_batch = _timed(lambda: generate(first), dev)
-        probe["batch_s"] = round(per_batch, 4)
+        probe["per_batch_s"] = round(per_batch, 4)
     t1 = time.monotonic()
     score(SCORING[lang], chunks[0], cands)
-    per_item = (time.monotonic() - t1) / len(chunks[0])
-    probe["score_per_item_s"] = round(per_item, 5)
+    probe["score_per_item_s"] = round((time.monotonic() - t1) / len(chunks[0]), 5)
     probe["seconds"] = round(time.monotonic() - t0, 3)
-    seconds -= time.monotonic() - t0
-    probe["seconds_left"] = round(seconds, 2)
-    if takes_steps:
-        t_max = int(gen.config.diffusion_steps)
-        plan = choose_eval_steps(
-            len(examples), batch_size, per_batch, per_step, per_item, seconds, ladder, t_max
+    return probe
+
+
+def plan_from_probe(
+    probe: dict[str, Any],
+    n_items: int,
+    batch_size: int,
+    seconds: float,
+    max_steps: int,
+    ladder=EVAL_LADDER,
+) -> EvalPlan:
+    """The evaluation that fits ``seconds`` by ``probe``'s costs (:func:`probe_eval`):
+    CodeFusion's largest step count of ``ladder`` (at most ``max_steps``, the model's T), the
+    baseline's items."""
+    per_batch, per_item = probe["per_batch_s"], probe["score_per_item_s"]
+    if probe["takes_steps"]:
+        return choose_eval_steps(
+            n_items,
+            batch_size,
+            per_batch,
+            probe["per_step_s"],
+            per_item,
+            seconds,
+            ladder,
+            max_steps,
         )
-    else:
-        plan = plan_batches(len(examples), batch_size, per_batch, per_item, seconds)
-    return plan, probe
+    return plan_batches(n_items, batch_size, per_batch, per_item, seconds)
+
+
+def _max_steps(gen) -> int:
+    """The model's T (sampling steps at most); 0 for the baseline, which takes none."""
+    return int(gen.config.diffusion_steps) if gen.takes("steps") else 0
 
 
 def evaluate(
@@ -437,17 +459,20 @@ def evaluate(
     budget: Budget,
     batch_size: int,
     progress: bool,
+    probe: dict[str, Any],
     ladder=EVAL_LADDER,
 ) -> dict[str, Any]:
-    """Plan the evaluation into the time left and run the harness (eval/harness.py:
+    """Plan the evaluation into the time left by ``probe``'s costs (measured before training:
+    sampling costs the same whatever the weights) and run the harness (eval/harness.py:
     predictions.jsonl, metrics.json, table.md) with that deadline."""
     from eval.harness import find_nl2bash_subset, run_eval
 
     start = budget.clock()
     nl2bash = find_nl2bash_subset(data) if lang == "bash" else None
-    write_reserve = 2.0 + 0.002 * len(examples)  # scoring's own share is in the plan
-    end = budget.deadline - write_reserve
-    plan, probe = plan_eval(gen, lang, examples, batch_size, end - budget.clock(), ladder)
+    end = budget.deadline - write_reserve(len(examples))
+    plan = plan_from_probe(
+        probe, len(examples), batch_size, end - budget.clock(), _max_steps(gen), ladder
+    )
     log.info("evaluation: %s (predicted %.0f s)", plan.note, plan.predicted_s)
     options = {} if plan.steps is None else {"steps": plan.steps}
     t0 = budget.clock()
@@ -472,7 +497,6 @@ def evaluate(
         "complete": done == total,
         "plan": plan.note,
         "predicted_s": round(plan.predicted_s, 2),
-        "probe": probe,
         "generation_s": metrics["generation_seconds"],
         "run_s": round(budget.clock() - t0, 2),
         "wall_s": round(budget.clock() - start, 2),
@@ -480,6 +504,11 @@ def evaluate(
         "num_draws": "2k = 10" if plan.steps is not None else "k = 5 beams",
         "stopped_at_deadline": metrics.get("stopped_at_deadline"),
     }
+
+
+def write_reserve(n_items: int) -> float:
+    """Seconds kept after the evaluation for writing its files (scoring is in the plan)."""
+    return 2.0 + 0.002 * n_items
 
 
 def run_pipeline(
@@ -499,12 +528,13 @@ def run_pipeline(
 ) -> tuple[dict[str, Any], dict[str, Any], int]:
     """Both stages and the evaluation: returns (stages, eval, parameters).
 
-    The evaluation's cost is measured before training, on the untrained model the
-    evaluation will use (its weights are loaded in place after training, so the sampler's
-    compiled CUDA graphs are captured once): sampling costs the same whatever the weights,
-    and the untrained baseline never emits its end token (beam search's worst case). The
-    split's evaluation share is a cap: what the planned evaluation does not need goes to
-    training, in the split's ratio of the stages."""
+    The evaluation's cost is measured first, on the untrained model the evaluation will use
+    (its weights are loaded in place after training, so the sampler's compiled CUDA graphs
+    are captured once): sampling costs the same whatever the weights, and the untrained
+    baseline never emits its end token (beam search's worst case). The split's evaluation
+    share (of the time left now) is a cap: what the planned evaluation does not need goes to
+    training, in the split's ratio of the stages. After training the evaluation is planned
+    again, from the same measurements, into the time actually left."""
     from codefusion.data import load_benchmark
     from codefusion.generator import load_weights
     from train.run import build_generator, ensure_tokenizer
@@ -516,13 +546,18 @@ def run_pipeline(
     examples = examples[:limit] if limit else examples
     stages = [s for s in ("pretrain", "finetune") if getattr(cfg, s) is not None]
     t0 = budget.clock()
-    cap_end = budget.phase_deadline("eval", (*stages, "eval"))
-    cap_s = budget.deadline - cap_end  # the eval's share of what is left
-    # The pre-plan is timed in the eval's share (it is the evaluation's warm-up).
-    preplan, probe = plan_eval(gen, cfg.language, examples, batch_size, cap_s, ladder)
+    weights = sum(budget.split[p] for p in (*stages, "eval"))
+    cap_s = max(0.0, budget.left()) * budget.split["eval"] / weights  # the eval's share
+    # The probe is timed in the eval's share (it is the evaluation's warm-up).
+    probe = probe_eval(gen, cfg.language, examples, batch_size)
     spent = budget.clock() - t0
-    need = preplan.predicted_s + 2 * probe["seconds"] + 5.0  # the re-plan and the writing
-    reserve = cap_s - spent if not preplan.complete else min(cap_s - spent, need)
+    keep = write_reserve(len(examples))
+    preplan = plan_from_probe(
+        probe, len(examples), batch_size, cap_s - spent - keep, _max_steps(gen), ladder
+    )
+    reserve = max(0.0, cap_s - spent)
+    if preplan.complete:
+        reserve = min(reserve, preplan.predicted_s + keep)
     log.info(
         "evaluation pre-plan: %s, predicted %.0f s; %.0f s of the %.0f s share reserved",
         preplan.note,
@@ -536,7 +571,18 @@ def run_pipeline(
     load_weights(gen.model, final, dev)  # in place: graphs and buffers stay valid
     gen.model.eval()
     ev = evaluate(
-        gen, examples, total, cfg.language, data, out, system, budget, batch_size, progress, ladder
+        gen,
+        examples,
+        total,
+        cfg.language,
+        data,
+        out,
+        system,
+        budget,
+        batch_size,
+        progress,
+        probe,
+        ladder,
     )
     ev["preplan"] = {
         "steps": preplan.steps,
@@ -612,7 +658,13 @@ def table_note(run: dict[str, Any]) -> str:
             tps = st.get("tokens_per_s")
             mfu = st.get("mfu")
             stages.append(
-                f"{label} {st['steps']:,} steps of batch {st['batch_size']} in {st['wall_s']:.0f} s"
+                f"{label} {st['steps']:,} steps of batch {st['batch_size']}"
+                + (
+                    f" ({st['rows_per_step']:g} rows: the whole set)"
+                    if st.get("rows_per_step") and st["rows_per_step"] < st["batch_size"]
+                    else ""
+                )
+                + f" in {st['wall_s']:.0f} s"
                 + (f" ({tps:,.0f} code tokens/s" if tps else " (")
                 + (f", MFU {100 * mfu:.1f}%)" if mfu is not None else ")")
             )
@@ -897,7 +949,7 @@ def _mini_run(args: argparse.Namespace, arch: str, data: Path, work: Path, dev) 
             s: {k: st.get(k) for k in ("steps", "batch_size", "wall_s", "tokens_per_s", "mfu")}
             for s, st in stages.items()
         },
-        "eval": {k: ev[k] for k in ("steps", "items", "wall_s", "probe")},
+        "eval": {k: ev[k] for k in ("steps", "items", "wall_s")},
         "outputs": run["outputs"],
         "top5": json.loads((out / "metrics.json").read_text())["top5"],
     }
@@ -941,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
         if not math.isfinite(seconds) or seconds < MIN_BUDGET_S:
             raise BudgetError(
                 f"--budget-minutes {args.budget_minutes:g} is too small to run anything "
-                f"(at least {MIN_BUDGET_S / 60:g} minute: setup, two stages, an evaluation)"
+                f"(at least {MIN_BUDGET_S:g} seconds: setup, two stages, an evaluation)"
             )
         budget = Budget(seconds, parse_split(args.split), start=start)
         run = reproduce(args, budget)
