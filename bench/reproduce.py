@@ -82,8 +82,9 @@ MAX_OUTPUT_BYTES = 16 * 2**20  # what comes back from the GPU machine, per file
 MIN_BUDGET_S = 20.0  # below this not even a tiny model trains and evaluates
 # Peak dense bf16 FLOP/s of the GPUs the lease lends (MFU; null elsewhere unless given).
 PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0}
-SMOKE_STEPS, SMOKE_ITEMS, SMOKE_SAMPLING_STEPS, SMOKE_CPU_BATCH = 3, 5, 10, 8
+SMOKE_STEPS, SMOKE_ITEMS, SMOKE_SAMPLING_STEPS, SMOKE_CPU_BATCH = 3, 5, 4, 8
 EVAL_PROBE_STEPS = (5, 20)  # the two step counts the evaluation's cost line is timed at
+SMOKE_PROBE_STEPS = (1, 2)  # the smoke mode's: its paths, not its timings, matter
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -366,7 +367,9 @@ def _timed(fn: Callable[[], Any], dev) -> tuple[Any, float]:
     return out, time.monotonic() - t0
 
 
-def probe_eval(gen, lang: str, examples: list, batch_size: int) -> dict[str, Any]:
+def probe_eval(
+    gen, lang: str, examples: list, batch_size: int, probe_steps=EVAL_PROBE_STEPS
+) -> dict[str, Any]:
     """Time the generation of the first batch (after warming every batch shape the evaluation
     will meet: on CUDA each is compiled and captured once) and the scoring of its items:
     CodeFusion's cost line (``per_batch_s`` + ``per_step_s`` x steps), the baseline's
@@ -401,7 +404,7 @@ def probe_eval(gen, lang: str, examples: list, batch_size: int) -> dict[str, Any
     t0 = time.monotonic()
     first = prompts[0]
     if takes_steps:
-        s1, s2 = EVAL_PROBE_STEPS
+        s1, s2 = probe_steps
         _, t1 = _timed(lambda: generate(first, steps=s1), dev)
         cands, t2 = _timed(lambda: generate(first, steps=s2), dev)
         per_batch, per_step = fit_cost(t1, s1, t2, s2)
@@ -549,7 +552,9 @@ def run_pipeline(
     weights = sum(budget.split[p] for p in (*stages, "eval"))
     cap_s = max(0.0, budget.left()) * budget.split["eval"] / weights  # the eval's share
     # The probe is timed in the eval's share (it is the evaluation's warm-up).
-    probe = probe_eval(gen, cfg.language, examples, batch_size)
+    probe = probe_eval(
+        gen, cfg.language, examples, batch_size, SMOKE_PROBE_STEPS if cap else EVAL_PROBE_STEPS
+    )
     spent = budget.clock() - t0
     keep = write_reserve(len(examples))
     preplan = plan_from_probe(
