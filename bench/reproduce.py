@@ -28,8 +28,9 @@ bench/smoke.py's checks (versions, Triton kernels against their references in fp
 a strict CUDA-graph capture, a compiled bf16 two-stage tiny run), the data folder (every
 benchmark and snippet file, the NL2Bash list, bashlex, the scorers on gold), then a few steps
 of each stage of the requested benchmark at the requested size for CodeFusion and the baseline
-(the configs' batch sizes on a GPU: memory is checked too; 8 rows on a CPU), five test items
-each through the fast sampler with strict graphs (a failed capture is an error), and the output
+(the configs' batch sizes on a GPU: memory is checked too; on a CPU the tiny size and 8 rows,
+the paper size taking minutes there), five test items each through the fast sampler with strict
+graphs (a failed capture is an error), and the output
 files. It writes ``smoke.json`` and exits 1 naming every failed check.
 """
 
@@ -904,9 +905,13 @@ def _data_check(data: Path) -> dict[str, Any]:
 def _mini_run(args: argparse.Namespace, arch: str, data: Path, work: Path, dev) -> dict[str, Any]:
     """A few steps of each stage and five test items through the budgeted run's own code
     (evaluation pre-plan, stage planners, export, in-place reload, evaluation plan, harness,
-    output files), at the requested size; the fast sampler under strict graphs."""
+    output files), at the requested size on a GPU (its memory is checked too) and at the tiny
+    size on a CPU (the same code; the paper size takes minutes there); the fast sampler under
+    strict graphs."""
     a = argparse.Namespace(**vars(args))
     a.architecture, a.budget_minutes = arch, 10.0
+    if dev.type == "cpu":
+        a.size = "tiny"
     budget = Budget(600.0)  # nominal: the step cap and the item limit end everything first
     run_dir = work / arch
     cfg, fractions = build_config(a, data, run_dir, smoke=True, dev=dev)
@@ -936,7 +941,7 @@ def _mini_run(args: argparse.Namespace, arch: str, data: Path, work: Path, dev) 
         "benchmark": args.benchmark,
         "system": f"smoke {arch}",
         "architecture": arch,
-        "preset": args.size,
+        "preset": a.size,
         "parameters": params,
         "config": run_config(a, cfg, fractions),
         "budget": {"minutes": 10.0, "seconds": 600.0, "split": budget.split},
@@ -949,6 +954,7 @@ def _mini_run(args: argparse.Namespace, arch: str, data: Path, work: Path, dev) 
         if st["steps"] != SMOKE_STEPS:
             raise RuntimeError(f"{stage} ran {st['steps']} steps, not {SMOKE_STEPS}")
     return {
+        "preset": a.size,
         "parameters": params,
         "stages": {
             s: {k: st.get(k) for k in ("steps", "batch_size", "wall_s", "tokens_per_s", "mfu")}
