@@ -84,7 +84,7 @@ MIN_BUDGET_S = 20.0  # below this not even a tiny model trains and evaluates
 # Peak dense bf16 FLOP/s of the GPUs the lease lends (MFU; null elsewhere unless given).
 PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0}
 SMOKE_STEPS, SMOKE_ITEMS, SMOKE_SAMPLING_STEPS, SMOKE_CPU_BATCH = 3, 5, 4, 8
-EVAL_PROBE_STEPS = (5, 20)  # the two step counts the evaluation's cost line is timed at
+EVAL_PROBE_STEPS = (2, 20)  # the two step counts the evaluation's cost line is timed at
 SMOKE_PROBE_STEPS = (1, 2)  # the smoke mode's: its paths, not its timings, matter
 
 
@@ -369,13 +369,19 @@ def _timed(fn: Callable[[], Any], dev) -> tuple[Any, float]:
 
 
 def probe_eval(
-    gen, lang: str, examples: list, batch_size: int, probe_steps=EVAL_PROBE_STEPS
+    gen,
+    lang: str,
+    examples: list,
+    batch_size: int,
+    probe_steps=EVAL_PROBE_STEPS,
+    share_s: float | None = None,
 ) -> dict[str, Any]:
     """Time the generation of the first batch (after warming every batch shape the evaluation
     will meet: on CUDA each is compiled and captured once) and the scoring of its items:
     CodeFusion's cost line (``per_batch_s`` + ``per_step_s`` x steps), the baseline's
     ``per_batch_s``, and ``score_per_item_s``. ``seconds``: what the timing itself took,
-    warm-up excluded."""
+    warm-up excluded. Where the first batch says the second would take over a tenth of the
+    evaluation's ``share_s``, the second is timed at 3x the first's steps instead."""
     from codefusion.sampling.graph import prompt_bucket
     from eval.harness import score
     from eval.scoring import SCORING
@@ -407,6 +413,8 @@ def probe_eval(
     if takes_steps:
         s1, s2 = probe_steps
         _, t1 = _timed(lambda: generate(first, steps=s1), dev)
+        if share_s is not None and t1 * s2 / s1 > 0.1 * share_s:
+            s2 = min(s2, 3 * s1)  # a slow device: a shorter second batch (CPU)
         cands, t2 = _timed(lambda: generate(first, steps=s2), dev)
         per_batch, per_step = fit_cost(t1, s1, t2, s2)
         probe.update(batch_s={str(s1): round(t1, 4), str(s2): round(t2, 4)})
@@ -558,7 +566,12 @@ def run_pipeline(
     cap_s = max(0.0, budget.left()) * budget.split["eval"] / weights  # the eval's share
     # The probe is timed in the eval's share (it is the evaluation's warm-up).
     probe = probe_eval(
-        gen, cfg.language, examples, batch_size, SMOKE_PROBE_STEPS if cap else EVAL_PROBE_STEPS
+        gen,
+        cfg.language,
+        examples,
+        batch_size,
+        SMOKE_PROBE_STEPS if cap else EVAL_PROBE_STEPS,
+        share_s=cap_s,
     )
     spent = budget.clock() - t0
     keep = write_reserve(len(examples))
