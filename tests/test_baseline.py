@@ -287,3 +287,22 @@ def test_a_config_and_its_baseline_have_equal_sizes(tiny_tokenizer, tmp_path):
         )
         ratio = ar.num_parameters() / cf.num_parameters()  # 1.02-1.04 with a 1K vocabulary
         assert 0.9 < ratio < 1.25, (name, ratio)
+
+
+def test_training_flops_count_every_weight(ar):
+    """estimate_flops (the MFU of bench/reproduce.py's baseline runs): 2 x weights x tokens
+    for each Linear, the tied head included, plus attention; a training step is 3 forwards."""
+    from codefusion.baseline import estimate_flops
+
+    model = ar.model
+    cfg = model.config
+    f = estimate_flops(model, batch_size=4, prompt_len=10)
+    assert f["train_step"] == pytest.approx(3 * f["forward"])
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)) - (
+        model.lm_head.weight.numel() if isinstance(model.lm_head, torch.nn.Linear) else 0
+    )
+    head = cfg.vocab_size * cfg.d_model
+    tokens = 4 * max(10, int(cfg.code_len))
+    low = 2 * (linear + head) * 4 * min(10, int(cfg.code_len))
+    assert low < f["forward"] < 2 * (linear + head) * tokens + 4 * 4 * 10**2 * 10**4
+    assert estimate_flops(model, 8, 10)["forward"] == pytest.approx(2 * f["forward"])
