@@ -243,3 +243,22 @@ def test_smoke_mode_runs_on_cpu(tmp_path, monkeypatch):
         assert all(s["steps"] == reproduce.SMOKE_STEPS for s in run["stages"].values())
         assert run["eval"]["items"] == reproduce.SMOKE_ITEMS
     assert [p.name for p in out.iterdir()] == ["smoke.json"]
+
+
+def test_generation_stops_before_a_batch_that_would_pass_the_deadline():
+    from types import SimpleNamespace
+
+    from eval.harness import generate_all
+
+    class Slow:
+        def generate(self, prompts, k, seed, allow_empty, **options):
+            time.sleep(0.05)
+            return [[p] for p in prompts]
+
+    examples = [SimpleNamespace(prompt=f"p{i}") for i in range(40)]
+    out = generate_all(Slow(), examples, k=1, batch_size=4, progress=False)
+    assert len(out) == 40
+    out = generate_all(
+        Slow(), examples, k=1, batch_size=4, progress=False, deadline=time.monotonic() + 0.18
+    )
+    assert 4 <= len(out) < 40 and len(out) % 4 == 0  # whole batches, the first always
