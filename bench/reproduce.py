@@ -180,7 +180,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def command_line() -> str:
-    return "python " + shlex.join(sys.argv)
+    return shlex.join([Path(sys.executable).name, *sys.argv])
 
 
 def git_info() -> dict[str, Any]:
