@@ -275,12 +275,15 @@ def build_config(args: argparse.Namespace, data: Path, work: Path, smoke: bool, 
         sets.append("accelerator=cpu")
     for stage in fractions:
         # Huge until the planner sets it (the trainer would otherwise stop at the config's);
-        # no validation (limit_val_batches 0), no held-out generation; checkpoints are off
+        # no validation (limit_val_batches 0), no held-out rows or generation, the last step
+        # exported (the config's `export: best` selects by that generation); checkpoints are off
         # in the Trainer itself (run_stage(checkpoints=False)).
         sets += [
             f"{stage}.max_steps={10**9}",
             f"{stage}.val_batches=0",
             f"{stage}.val_generate=0",
+            f"{stage}.val_fraction=0",  # nothing is validated: every training row is trained on
+            f"{stage}.export=last",
         ]
         st = getattr(base, stage)
         if dev.type == "cpu":  # data workers would take the cores the model trains on

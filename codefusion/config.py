@@ -48,10 +48,11 @@ class CodeFusionConfig:
     latent_dim: int = 128
     code_len: int = 128
     dropout: float = 0.1
-    # L's rows start at N(0, embedding_init_std^2). L(y) is normalised to norm sqrt(Dz) either
-    # way, so this only sets how fast AdamW turns the rows: at std 1 a step of size lr turns a
-    # row by about lr / sqrt(Dz) radians and L stays close to a random codebook.
-    embedding_init_std: float = 1.0
+    # L's rows start at N(0, embedding_init_std^2); None: 1/sqrt(Dz). L(y) is normalised to
+    # norm sqrt(Dz) either way, so this only sets how fast AdamW turns the rows: at std 1 a step
+    # of size lr turns a row by about lr / sqrt(Dz) radians and L stays close to a random
+    # codebook; at 1/sqrt(Dz) rows have norm ~1 and turn sqrt(Dz) times faster (README ablation).
+    embedding_init_std: float | None = None
     # Tie L (and H) to E's token embedding: L(y) = normalise(E_emb(y) W) and H scores a point
     # by its dot product with every L(v). A number or name in the prompt and the same token in
     # the code then share one representation (T5 ties its encoder, decoder and output tables
@@ -59,7 +60,7 @@ class CodeFusionConfig:
     # tokens that occur in prompts but rarely in code targets still get a trained L row.
     tie_embeddings: bool = False
     # Self-conditioning (Chen et al., Analog Bits): N also reads its own previous estimate of x0.
-    self_condition: bool = False
+    self_condition: bool = True
     # A length head on E(s): predicts the number of code tokens, so that sampling can fix the
     # end token's position (see pipeline.py) instead of hoping N places it.
     length_head: bool = False

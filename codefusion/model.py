@@ -242,7 +242,8 @@ class CodeFusionModel(nn.Module):
         else:
             self.head = nn.Linear(cfg.latent_dim, cfg.vocab_size)  # H
             self.code_embedding = nn.Embedding(cfg.vocab_size, cfg.latent_dim)  # L
-            nn.init.normal_(self.code_embedding.weight, std=cfg.embedding_init_std)
+            std = cfg.embedding_init_std or cfg.latent_dim**-0.5
+            nn.init.normal_(self.code_embedding.weight, std=std)
         # Length head on E(s): classes 0..code_len (the number of code tokens before </s>).
         self.length_head = (
             nn.Sequential(nn.Linear(kv_dim, kv_dim), nn.GELU(), nn.Linear(kv_dim, cfg.code_len + 1))
@@ -344,7 +345,9 @@ class CodeFusionModel(nn.Module):
         return counts
 
     # --- FLOPs (as nanoGPT's estimate_mfu) -----------------------------------------------------
-    def estimate_flops(self, batch_size: int, prompt_len: int) -> dict[str, Any]:
+    def estimate_flops(
+        self, batch_size: int, prompt_len: int, self_cond_prob: float = 0.5
+    ) -> dict[str, Any]:
         """Model FLOPs of one training step on ``batch_size`` rows of ``prompt_len`` prompt
         tokens and a full canvas, analytic (checked against ``torch.utils.flop_counter``).
 
@@ -385,9 +388,15 @@ class CodeFusionModel(nn.Module):
             cfg.denoiser_layers + cfg.decoder_layers
         ) * (4 * b * c * c * d + 4 * b * c * s * d)
         forward = matmul + attention
+        # Self-conditioning's first pass through N alone (forward only, K/V reused).
+        n_code = linear_weights(self.denoiser, lambda n: not kv(n) and not timestep(n))
+        first_pass = 2 * (n_code * b * c + per_example * b) + cfg.denoiser_layers * (
+            4 * b * c * c * d + 4 * b * c * s * d
+        )
+        extra = self_cond_prob * first_pass if cfg.self_condition else 0.0
         return {
             "forward": float(forward),
-            "train_step": float(3 * forward),
+            "train_step": float(3 * forward + extra),
             "matmul_weights": {
                 "per_prompt_token": per_prompt_token,
                 "per_code_token": per_code_token,
@@ -396,11 +405,17 @@ class CodeFusionModel(nn.Module):
         }
 
     def estimate_mfu(
-        self, batch_size: int, prompt_len: int, step_s: float, peak_flops: float
+        self,
+        batch_size: int,
+        prompt_len: int,
+        step_s: float,
+        peak_flops: float,
+        self_cond_prob: float = 0.5,
     ) -> float:
         """Model FLOPs utilisation of a training step that took ``step_s`` seconds, against a
         device's peak FLOP/s (an H100 SXM's bf16 dense peak is 989e12)."""
-        return self.estimate_flops(batch_size, prompt_len)["train_step"] / step_s / peak_flops
+        flops = self.estimate_flops(batch_size, prompt_len, self_cond_prob)["train_step"]
+        return flops / step_s / peak_flops
 
 
 def attention_mask(mask: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,10 @@ null`` from the base), so the table reads as "one change added on top of the pre
         both: {decoder_input: clean}
         set: [finetune.max_steps=900]        # any --set override
         generate: {length: predicted}        # generation options of this row (inherited)
+      - name: votes
+        label: d-clean, ranked by votes
+        reuse_model: true                    # no training: the parent row's model, new options
+        generate: {rank: votes}
 
 For every row: train (skipped when ``<out>/<name>/model`` exists), then score the held-out share
 of the train split (settings are chosen on it) and the test split, each once, with the same
@@ -74,6 +78,14 @@ def resolve_rows(plan: dict[str, Any]) -> list[dict[str, Any]]:
         gen = {**base["generate"], **(row.get("generate") or {})}
         full = {"name": row["name"], "label": row.get("label", row["name"]), "set": sets}
         full["generate"] = gen
+        full["model_of"] = row["name"]
+        if row.get("reuse_model"):
+            if parent is None or row.get("both") or row.get("set"):
+                raise PlanError(
+                    f"row {row['name']}: reuse_model evaluates its parent's model with other "
+                    "generation options; it needs a parent and no training changes"
+                )
+            full["model_of"] = base["model_of"]
         done[row["name"]] = full
         out.append(full)
         prev = row["name"]
@@ -101,7 +113,7 @@ def run_plan(
     for row in rows:
         if only and row["name"] not in only:
             continue
-        run_name = f"{plan.get('prefix', 'ablation')}-{row['name']}"
+        run_name = f"{plan.get('prefix', 'ablation')}-{row['model_of']}"
         model = Path("runs") / run_name / "model"
         if not model.is_dir():
             cmd = [sys.executable, "-m", "train", "--config", plan["base"], "--no-progress"]

@@ -67,6 +67,7 @@ rows:
   - {name: b, both: {decoder_input: clean}, generate: {length: predicted}}
   - {name: c, set: [model.dropout=0.1]}
   - {name: d, inherit: a, set: [model.dropout=0.1]}
+  - {name: e, reuse_model: true, generate: {rank: votes}}
 """
     )
     rows = {r["name"]: r for r in resolve_rows(load_plan(plan))}
@@ -79,6 +80,15 @@ rows:
     ]
     assert rows["c"]["generate"] == {"length": "predicted"}
     assert rows["d"]["set"][-1] == "model.dropout=0.1" and rows["d"]["generate"] == {}
+    # A row that only changes how to generate evaluates its parent's model (no training).
+    assert rows["e"]["model_of"] == "d" and rows["e"]["set"] == rows["d"]["set"]
+    assert rows["e"]["generate"] == {"rank": "votes"} and rows["c"]["model_of"] == "c"
+    bad_reuse = tmp_path / "reuse.yaml"
+    bad_reuse.write_text(
+        json.dumps({"base": "x", "benchmark": "cf", "rows": [{"name": "a", "reuse_model": True}]})
+    )
+    with pytest.raises(PlanError, match="reuse_model"):
+        resolve_rows(load_plan(bad_reuse))
     bad = tmp_path / "bad.yaml"
     bad.write_text(json.dumps({"base": "x", "benchmark": "cf", "rows": [{"name": "a"}] * 2}))
     with pytest.raises(PlanError, match="distinct"):

@@ -273,7 +273,8 @@ def test_generate_fast_on_cpu_equals_plain(tiny_model, eta):
 
 
 @pytest.mark.parametrize("name", ["tiny", "small"])
-def test_analytic_training_flops_match_the_flop_counter(name):
+@pytest.mark.parametrize("self_cond_prob", [0.0, 1.0])
+def test_analytic_training_flops_match_the_flop_counter(name, self_cond_prob):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -289,13 +290,15 @@ def test_analytic_training_flops_match_the_flop_counter(name):
     prompt_mask = (torch.arange(s)[None] < lengths[:, None]).long()
     code = torch.randint(4, 500, (b, c))
     batch = Batch(torch.randint(4, 500, (b, s)), prompt_mask, code, torch.zeros(b, dtype=bool))
-    objective = CodeFusionObjective(SqrtSchedule(model.config.diffusion_steps))
+    sched = SqrtSchedule(model.config.diffusion_steps)
+    objective = CodeFusionObjective(sched, self_cond_prob=self_cond_prob)
     # The math backend decomposes attention into matmuls that the counter sees.
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         objective(model, batch)["loss"].backward()
-    analytic = model.estimate_flops(b, s)["train_step"]
+    analytic = model.estimate_flops(b, s, self_cond_prob=self_cond_prob)["train_step"]
     assert analytic == pytest.approx(counter.get_total_flops(), rel=0.01)
-    assert model.estimate_mfu(b, s, step_s=2.0, peak_flops=analytic) == pytest.approx(0.5)
+    mfu = model.estimate_mfu(b, s, step_s=2.0, peak_flops=analytic, self_cond_prob=self_cond_prob)
+    assert mfu == pytest.approx(0.5)
 
 
 def test_benchmark_quick_mode_writes_both_files(tmp_path):

@@ -10,6 +10,7 @@ Under DDP every rank runs all of this; rank zero writes and the others wait (tra
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -245,16 +246,20 @@ def run_stage(
     )
     objective = build_objective(arch, model, st)
     module = TrainingModule(model, objective, **st.pick(TrainingModule.STAGE_KEYS))
-    extra = list(callbacks or [])
-    if stage == "finetune" and st.val_generate > 0:
-        dm.setup()
-        extra.append(generation_check(cfg, st, dm, tok, generator_class(arch)))
     last = stage_dir / "checkpoints" / "last.ckpt"
     # Every rank decides alone and all decide alike: nothing writes a checkpoint of this stage
     # before every rank has joined the fit (rank zero waits for the others in DDP's setup).
     ckpt_path = str(last) if resume and last.is_file() else None
     if ckpt_path:
         log.info("resuming %s from %s", stage, last)
+    best_dir = stage_dir / "best"
+    if ckpt_path is None and best_dir.exists() and is_rank_zero():
+        shutil.rmtree(best_dir)  # a fresh stage: a kept model of an earlier run is stale
+    check = None
+    if stage == "finetune" and st.val_generate > 0:
+        dm.setup()
+        check = generation_check(cfg, st, dm, tok, generator_class(arch), best_dir)
+    extra = list(callbacks or []) + ([check] if check is not None else [])
     trainer = trainer_for(cfg, st, stage_dir, progress, extra, checkpoints, max_time)
     try:
         with warnings.catch_warnings():  # our DataModule restores the position in the epoch
@@ -264,18 +269,33 @@ def run_stage(
         raise RunConfigError(f"cannot resume: {e}; delete it or pass --fresh") from None
     export = stage_dir / "model"
     if trainer.is_global_zero:
-        generator_class(arch)(module.model.eval(), tok).save_pretrained(export)
+        chosen = module.model.eval()
+        sel = check.best() if check is not None and st.export == "best" else None
+        if sel is not None:
+            log.info(
+                "%s exports step %d (held-out val/top5 %.1f)", stage, sel["step"], sel["val/top5"]
+            )
+            chosen = load_generator(best_dir).model
+        generator_class(arch)(chosen, tok).save_pretrained(export)
+        if sel is not None:
+            (export / "selection.json").write_text(json.dumps(sel) + "\n")
     # Every rank starts the next stage from this export: none reads it before it is complete.
     trainer.strategy.barrier("export")
     return export
 
 
 def generation_check(
-    cfg: RunConfig, st: StageConfig, dm, tok: CodeTokenizer, generator: type[Generator]
+    cfg: RunConfig,
+    st: StageConfig,
+    dm,
+    tok: CodeTokenizer,
+    generator: type[Generator],
+    best_dir: Path | None = None,
 ):
     """Held-out generation at each validation (train/validation.py): ``val_generate_draws``
     draws per item, and ``val_generate_steps`` sampling steps for a generator that takes
-    steps (the diffusion model; the baseline decodes token by token)."""
+    steps (the diffusion model; the baseline decodes token by token). With ``export: best``
+    the best validation's model is kept in ``best_dir``."""
     from train.validation import GenerationCheck
 
     options = {"steps": st.val_generate_steps} if generator.takes("steps") else {}
@@ -284,7 +304,9 @@ def generation_check(
         cfg.language,
         tok,
         generator,
+        k=min(5, st.val_generate_draws),  # top-k of fewer draws than 5: top-(draws)
         seed=cfg.seed,
+        best_dir=best_dir if st.export == "best" else None,
         num_draws=st.val_generate_draws,
         **options,
     )
