@@ -170,6 +170,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             num_draws=args.draws,
             seed=args.seed,
             syntax_rank=args.syntax_rank,
+            rank=args.rank,
             **options,
         )
     for w in caught:
@@ -304,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--syntax-rank", choices=["python", "bash", "cf"], help="rank candidates that parse first"
+    )
+    g.add_argument(
+        "--rank",
+        choices=["score", "votes"],
+        default="score",
+        help="order by the model's score, or by how many draws agree (ties by score)",
     )
     g.add_argument("--json", action="store_true", help="print JSON instead of a list")
     g.add_argument(

@@ -100,15 +100,33 @@ def check_prompts(prompts: str | Sequence[str], allow_empty: bool) -> list[str]:
     return prompts
 
 
+RANKINGS = ("score", "votes")
+
+
 def rank_candidates(
-    codes: Sequence[str], scores: Sequence[float], k: int, syntax_rank: str | None = None
+    codes: Sequence[str],
+    scores: Sequence[float],
+    k: int,
+    syntax_rank: str | None = None,
+    rank: str = "score",
 ) -> list[Candidate]:
-    """Dedupe (keeping each program's best score), sort by score, optionally parse-first; top k."""
+    """Dedupe (keeping each program's best score), sort, optionally parse-first; top k.
+
+    ``rank="score"``: by the model's score. ``rank="votes"``: by how many draws produced the
+    program (self-consistency; the model's own agreement, no reference involved), ties by
+    score; for distinct draws (beam search) it is the score order."""
+    if rank not in RANKINGS:
+        raise GenerationError(f"rank must be one of {', '.join(RANKINGS)}, not {rank!r}")
     best: dict[str, float] = {}
+    votes: dict[str, int] = {}
     for code, score in zip(codes, scores, strict=True):
         if code not in best or score > best[code]:
             best[code] = score
-    ranked = sorted(best.items(), key=lambda kv: -kv[1])
+        votes[code] = votes.get(code, 0) + 1
+    if rank == "votes":
+        ranked = sorted(best.items(), key=lambda kv: (-votes[kv[0]], -kv[1]))
+    else:
+        ranked = sorted(best.items(), key=lambda kv: -kv[1])
     if syntax_rank is not None:
         from codefusion.syntax import is_valid
 
@@ -268,15 +286,19 @@ class Generator:
         seed: int = 0,
         syntax_rank: str | None = None,
         allow_empty: bool = False,
+        rank: str = "score",
         **options: Any,
     ) -> list[Candidate] | list[list[Candidate]]:
         """Top-k programs per prompt, best first, duplicates removed (steps in the module doc).
 
-        Candidates are ranked by the model's own score, never by a reference; ``syntax_rank``
-        ("python", "bash" or "cf") moves candidates that do not parse below those that do. The
+        Candidates are ranked by the model's own score (``rank="score"``) or by how many draws
+        agree (``rank="votes"``), never by a reference; ``syntax_rank`` ("python", "bash" or
+        "cf") moves candidates that do not parse below those that do. The
         same seed gives the same output. A single prompt string returns one list; a list of
         prompts, a list of lists. ``options``: the generator's own (``Options``)."""
         single = isinstance(prompts, str)
+        if rank not in RANKINGS:
+            raise GenerationError(f"rank must be one of {', '.join(RANKINGS)}, not {rank!r}")
         opts = self.options(**options)
         if k < 1:
             raise GenerationError(f"k must be at least 1, got {k}")
@@ -290,7 +312,9 @@ class Generator:
         scores = out.scores.tolist()
         n = num_draws
         results = [
-            rank_candidates(codes[i * n : (i + 1) * n], scores[i * n : (i + 1) * n], k, syntax_rank)
+            rank_candidates(
+                codes[i * n : (i + 1) * n], scores[i * n : (i + 1) * n], k, syntax_rank, rank
+            )
             for i in range(len(plist))
         ]
         return results[0] if single else results

@@ -37,6 +37,7 @@ def _run(args: argparse.Namespace) -> int:
         "steps": args.steps,
         "clamp": args.clamp,
         "syntax_rank": args.syntax_rank,
+        "rank": args.rank,
         "length": args.length,
         "length_candidates": args.length_candidates,
         "mode": args.mode,
@@ -44,7 +45,9 @@ def _run(args: argparse.Namespace) -> int:
     options = {k: v for k, v in given.items() if v not in (None, False)}
     # Only the flags given reach the generator: another model's option is its one-line error,
     # raised here before anything is generated.
-    gen.options(**{k: v for k, v in options.items() if k not in ("num_draws", "syntax_rank")})
+    gen.options(
+        **{k: v for k, v in options.items() if k not in ("num_draws", "syntax_rank", "rank")}
+    )
     out = Path(args.out or f"results/{args.system or Path(args.model).name}/{args.benchmark}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation warnings per prompt would flood the bar
@@ -249,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--steps", type=int, help="CodeFusion: denoising steps (default all T)")
     r.add_argument("--clamp", action="store_true", help="clamping trick (CodeFusion)")
     r.add_argument("--syntax-rank", choices=["python", "bash", "cf"], help="parse-first ranking")
+    r.add_argument(
+        "--rank",
+        choices=["score", "votes"],
+        help="order candidates by the model's score (default) or by how many draws agree",
+    )
     r.add_argument(
         "--mode", choices=["beam", "sample"], help="autoregressive baseline: beam or sampling"
     )

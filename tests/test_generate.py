@@ -177,3 +177,15 @@ def test_cli_errors_have_no_traceback(model_dir):
         text=True,
     )
     assert r.returncode == 2 and r.stderr.strip() == "error: prompt 0 is empty"
+
+
+def test_votes_ranking_orders_by_agreement_then_score():
+    from codefusion.generator import rank_candidates
+
+    codes = ["a", "b", "b", "c", "b", "c"]
+    scores = [-0.1, -2.0, -3.0, -1.0, -2.5, -1.5]
+    assert [c.code for c in rank_candidates(codes, scores, k=3)] == ["a", "c", "b"]
+    voted = rank_candidates(codes, scores, k=3, rank="votes")
+    assert [c.code for c in voted] == ["b", "c", "a"] and voted[0].score == -2.0
+    with pytest.raises(GenerationError, match="rank must be"):
+        rank_candidates(codes, scores, k=3, rank="loudest")
