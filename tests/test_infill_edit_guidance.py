@@ -78,6 +78,29 @@ def test_infilling_never_changes_a_given_token(tiny_tokenizer, seed, self_condit
         assert all(len(c.fills) == len(plan.template.holes) for c in cands)
 
 
+def test_given_positions_follow_the_forward_process(tiny_tokenizer, monkeypatch):
+    """The measurement behind x̂0 replacement: after the first step every given position's x_t
+    is q_sample(L(tok), t, ε) for one fixed ε (η = 0), as RePaint's re-noising would make it,
+    while the free positions move."""
+    cf = _cf(tiny_tokenizer, self_condition=True)
+    m = cf.model
+    xs = []
+    real = ddim.ddim_step
+
+    def spy(model, x, t, *a, **k):
+        xs.append((int(t[0]), x.clone()))
+        return real(model, x, t, *a, **k)
+
+    monkeypatch.setattr(ddim, "ddim_step", spy)
+    out, layouts = cf.infill_draws("GreaterThan(<fill:2>)", "cells", num_draws=3, steps=12)
+    given = layouts[0].given
+    emb = m.embed_code(layouts[0].tokens).detach()
+    eps = [cf.schedule.eps_from_x0(x, torch.full((3,), t), emb) for t, x in xs[1:]]
+    for e in eps[1:]:
+        torch.testing.assert_close(e[:, given], eps[0][:, given], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(eps[-1][:, ~given], eps[0][:, ~given], atol=1e-2)
+
+
 def test_infill_layout_and_lengths(tiny_tokenizer):
     cf = _cf(tiny_tokenizer)
     tok = cf.tokenizer
