@@ -368,6 +368,44 @@ def test_graph_path_equals_plain_loop_for_guidance_and_edits(
     assert all(torch.equal(x, y) for (_, x), (_, y) in zip(a.trace, b.trace, strict=True))
 
 
+@pytest.mark.parametrize(
+    "options, with_start, with_known",
+    [
+        (dict(steps=6, guidance=2.0), False, True),
+        (dict(steps=6, guidance=1.5, guidance_self_condition="guided"), False, False),
+        (dict(steps=12, strength=0.5, guidance=2.0), True, False),
+    ],
+)
+def test_compiled_guided_and_edit_steps_trace_as_one_graph(
+    tiny_tokenizer, options, with_start, with_known
+):
+    """The compiled step (dynamo with the eager backend, fullgraph=True, as inductor gets it on
+    CUDA) of guidance and edits: no graph break, and the plain loop's numbers."""
+    from codefusion.sampling import graph as graph_mod
+
+    torch._dynamo.reset()
+    cf = _cf(tiny_tokenizer, self_condition=True)
+    m = cf.model
+    graph_mod._STEPS.pop(m, None)
+    enc, mask = _batch(m)
+    opts = SamplingOptions(**options)
+    start = cf.tokenizer.encode_code(CF_CODES[:4], 16)[0] if with_start else None
+    known = (
+        length_known(torch.tensor([3, 5, 1, 15]), 16, eos_id=1, pad_id=0) if with_known else None
+    )
+    a = sample(
+        m, cf.schedule, enc, mask, torch.Generator().manual_seed(3), opts, known, None, start
+    )
+    b = sample_graph(
+        m, cf.schedule, enc, mask, torch.Generator().manual_seed(3), opts, known, None,
+        use_graph=False, dtype=None, compile_backend="eager", start=start,
+    )  # fmt: skip
+    (step,) = graph_mod._STEPS[m].values()
+    assert step.compiled
+    torch.testing.assert_close(b.scores, a.scores, atol=1e-5, rtol=1e-5)
+    assert torch.equal(a.tokens, b.tokens)
+
+
 # --- the command line ----------------------------------------------------------------------------
 
 
