@@ -396,10 +396,11 @@ def test_compiled_guided_and_edit_steps_trace_as_one_graph(
     a = sample(
         m, cf.schedule, enc, mask, torch.Generator().manual_seed(3), opts, known, None, start
     )
-    b = sample_graph(
-        m, cf.schedule, enc, mask, torch.Generator().manual_seed(3), opts, known, None,
-        use_graph=False, dtype=None, compile_backend="eager", start=start,
-    )  # fmt: skip
+    with graph_mod.strict_graphs():  # a graph break is an error, not an eager fallback
+        b = sample_graph(
+            m, cf.schedule, enc, mask, torch.Generator().manual_seed(3), opts, known, None,
+            use_graph=False, dtype=None, compile_backend="eager", start=start,
+        )  # fmt: skip
     (step,) = graph_mod._STEPS[m].values()
     assert step.compiled
     torch.testing.assert_close(b.scores, a.scores, atol=1e-5, rtol=1e-5)
