@@ -97,7 +97,14 @@ def _cmd_infill(args: argparse.Namespace) -> int:
     options = _generate_options(args)
     kw = dict(num_draws=args.draws, seed=args.seed, max_fill=args.max_fill, **options)
     cands = _with_warnings(
-        lambda: cf.infill(args.template, args.prompt, k=args.k, syntax_rank=args.syntax_rank, **kw)
+        lambda: cf.infill(
+            args.template,
+            args.prompt,
+            k=args.k,
+            syntax_rank=args.syntax_rank,
+            rank=args.rank,
+            **kw,
+        )  # fmt: skip
     )
     if args.show_steps:
         plan = cf.infill_plan(args.template, args.max_fill)
@@ -126,6 +133,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
             k=args.k,
             num_draws=args.draws,
             syntax_rank=args.syntax_rank,
+            rank=args.rank,
             **kw,
         )
     )
@@ -263,6 +271,12 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--syntax-rank", choices=["python", "bash", "cf"], help="rank candidates that parse first"
+    )
+    p.add_argument(
+        "--rank",
+        choices=["score", "votes"],
+        default="score",
+        help="order by the model's score, or by how many draws agree (ties by score)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a list")
     p.add_argument(

@@ -274,6 +274,7 @@ class CodeFusion(Generator):
         max_fill: int = DEFAULT_MAX_FILL,
         syntax_rank: str | None = None,
         allow_empty: bool = False,
+        rank: str = "score",
         **options: Any,
     ) -> list[InfillCandidate]:
         """Fill the holes of ``template`` under ``prompt``: the top-k programs, best first.
@@ -301,7 +302,7 @@ class CodeFusion(Generator):
             code = self.tokenizer.decode(row)
             codes.append(code)
             fills.setdefault(code, tuple(map(self._raw_text, fill_ids(row, layout, stops))))
-        ranked = rank_candidates(codes, out.scores.tolist(), k, syntax_rank)
+        ranked = rank_candidates(codes, out.scores.tolist(), k, syntax_rank, rank)
         return [InfillCandidate(c.code, c.score, fills[c.code]) for c in ranked]
 
     def _raw_text(self, ids: list[int]) -> str:
@@ -361,6 +362,7 @@ class CodeFusion(Generator):
         seed: int = 0,
         syntax_rank: str | None = None,
         allow_empty: bool = False,
+        rank: str = "score",
         **options: Any,
     ) -> list[Candidate] | list[list[Candidate]]:
         """Revise ``code`` under ``prompt`` (SDEdit): L(code) noised to step
@@ -378,7 +380,9 @@ class CodeFusion(Generator):
         codes = [self.tokenizer.decode(r) for r in out.tokens.tolist()]
         scores = out.scores.tolist()
         results = [
-            rank_candidates(codes[i * n : (i + 1) * n], scores[i * n : (i + 1) * n], k, syntax_rank)
+            rank_candidates(
+                codes[i * n : (i + 1) * n], scores[i * n : (i + 1) * n], k, syntax_rank, rank
+            )
             for i in range(len(codes) // n)
         ]
         return results[0] if single else results
