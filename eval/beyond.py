@@ -20,8 +20,9 @@ Corruptions (one per item and kind, seeded by the item's index, never equal to t
     or one flag replaced (a ``find`` predicate by another, a short option letter by another),
     whichever the item has (both: chosen by the seed).
 
-Items whose gold fits no corruption of a kind, or whose corrupted code does not fit the
-model's canvas, are left out of that kind's rows and counted (``n`` beside every rate).
+Items whose gold fits no corruption of a kind, whose corrupted code the benchmark's metric
+still accepts (nothing to repair), or whose corrupted code does not fit the model's canvas are
+left out of that kind's rows and counted (``n`` beside every rate).
 Generated code is only ever scored by the benchmark's metric (CF: our interpreter), never run.
 """
 
@@ -192,18 +193,23 @@ def repair_items(
     indices: Sequence[int] | None = None,
 ) -> tuple[dict[str, list[tuple[int, str]]], dict[str, dict[str, int]]]:
     """Per kind: (position in ``examples``, corrupted code) of every item that has that
-    corruption and fits the canvas (``fits(code) -> bool``); and how many were left out, and
-    why. Item ``j``'s corruption is seeded by ``indices[j]`` (default ``j``): its index in the
+    corruption, whose corrupted code the benchmark's metric rejects (a corruption the metric
+    cannot see, e.g. a number no row of the item's data tells apart, is no repair task) and
+    that fits the canvas (``fits(code) -> bool``); and how many were left out, and why. Item ``j``'s corruption is seeded by ``indices[j]`` (default ``j``): its index in the
     full split, so that a subsample corrupts each item as the whole split does."""
     items: dict[str, list[tuple[int, str]]] = {}
     left: dict[str, dict[str, int]] = {}
     indices = range(len(examples)) if indices is None else indices
     for kind in kinds:
-        items[kind], left[kind] = [], {"not applicable": 0, "longer than the canvas": 0}
+        left[kind] = {"not applicable": 0, "accepted by the metric": 0}
+        left[kind]["longer than the canvas"] = 0
+        items[kind] = []
         for i, ex in enumerate(examples):
             bad = corrupt(ex.code, kind, benchmark, indices[i])
             if bad is None:
                 left[kind]["not applicable"] += 1
+            elif SCORING[benchmark].correct(bad, ex)[0]:
+                left[kind]["accepted by the metric"] += 1
             elif not fits(bad):
                 left[kind]["longer than the canvas"] += 1
             else:
@@ -245,10 +251,6 @@ def repair_eval(
         for kind in kinds:
             todo = items[kind]
             ex_of = [examples[i] for i, _ in todo]
-            # The input itself, scored: a corruption the metric cannot see counts as correct.
-            already = [
-                scoring.correct(bad, ex)[0] for (_, bad), ex in zip(todo, ex_of, strict=True)
-            ]
             for s in strengths:
                 cands: list[list[Any]] = []
                 for b, start in enumerate(range(0, len(todo), batch_size)):
@@ -291,7 +293,6 @@ def repair_eval(
                         "kind": kind,
                         "strength": s,
                         "n": n,
-                        "input_correct": 100 * sum(already) / max(n, 1),
                         "repair_top1": 100 * hit1 / max(n, 1),
                         f"repair_top{k}": 100 * hitk / max(n, 1),
                         "unchanged_top1": 100 * same / max(n, 1),
@@ -320,14 +321,12 @@ def repair_table(metrics: dict[str, Any], k: int = 5) -> str:
         f"Repair of corrupted {metrics['benchmark']} test gold ({metrics['metric']}); "
         f"top-{k} of {metrics['options']['num_draws']} edit draws.",
         "",
-        f"| corruption | strength | n | input already correct | repaired top-1 | "
-        f"repaired top-{k} | unchanged top-1 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| corruption | strength | n | repaired top-1 | repaired top-{k} | unchanged top-1 |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in metrics["rows"]:
         lines.append(
-            f"| {r['kind']} | {r['strength']:g} | {r['n']} | {r['input_correct']:.1f} | "
-            f"{r['repair_top1']:.1f} | {r[f'repair_top{k}']:.1f} | {r['unchanged_top1']:.1f} |"
+            f"| {r['kind']} | {r['strength']:g} | {r['n']} | {r['repair_top1']:.1f} | {r[f'repair_top{k}']:.1f} | {r['unchanged_top1']:.1f} |"
         )
     left = "; ".join(
         f"{kind}: " + (", ".join(f"{v} {why}" for why, v in d.items() if v) or "none")

@@ -110,17 +110,18 @@ def test_repair_table_rates_against_an_oracle(tmp_path):
     )  # fmt: skip
     rows = {(r["kind"], r["strength"]): r for r in m["rows"]}
     assert rows["paren", 0.1]["n"] == 4 and rows["number", 0.1]["n"] == 3  # Duplicate() has none
-    assert m["left_out"]["number"] == {"not applicable": 1, "longer than the canvas": 0}
+    assert m["left_out"]["number"] == {
+        "not applicable": 1, "accepted by the metric": 0, "longer than the canvas": 0
+    }  # fmt: skip
     for kind in ("paren", "number"):
         low, high = rows[kind, 0.1], rows[kind, 0.5]
         assert low["repair_top1"] == low["repair_top5"] == 0 and low["unchanged_top1"] == 100
         assert high["repair_top1"] == high["repair_top5"] == 100 and high["unchanged_top1"] == 0
-        assert low["input_correct"] == 0  # a dropped parenthesis or a changed bound is wrong
     assert all(c[1:] == (4, {"steps": 100}) for c in editor.calls)
     records = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 2 * (4 + 3) and all(r["gold"] != r["input"] for r in records)
     table = (tmp_path / "table.md").read_text()
-    assert table == repair_table(m) and "| number | 0.5 | 3 | 0.0 | 100.0 | 100.0 | 0.0 |" in table
+    assert table == repair_table(m) and "| number | 0.5 | 3 | 100.0 | 100.0 | 0.0 |" in table
     assert "number: 1 not applicable" in table and "paren: none" in table
 
 
@@ -152,3 +153,12 @@ def test_guidance_default_is_chosen_on_held_out_only(tmp_path):
         "m", "cf", [1.0, 2.0], tmp_path, ["heldout"], None, False, **{**opts, "steps": 50}
     )
     assert s["chosen_on_heldout"] is None and s["rows"][0]["heldout"] is None
+
+
+def test_corruptions_the_metric_accepts_are_left_out(tmp_path):
+    """A changed number that no row of the item's data tells apart is not a repair task."""
+    gold = "GreaterThan(5)"
+    examples = [Example(0, "p", gold, data=[["v"], [1], [100]], labels=[0, 1])]
+    editor = OracleEditor({"p": gold})
+    m = repair_eval(editor, examples, "cf", [0.5], tmp_path, kinds=("number",), progress=False)
+    assert m["rows"][0]["n"] == 0 and m["left_out"]["number"]["accepted by the metric"] == 1
