@@ -1,4 +1,5 @@
-"""The ``codefusion`` command: generate code, inspect models, build the tokenizer and corpora.
+"""The ``codefusion`` command: generate, infill or edit code, inspect models, build the
+tokenizer and corpora.
 
 Training and evaluation run from a checkout: ``python -m train`` and ``python -m eval``.
 A user mistake prints one line ``error: ...`` and exits with status 2, never a traceback.
@@ -20,11 +21,136 @@ DEFAULT_CACHE = Path.home() / ".cache" / "codefusion"
 def _generate_options(args: argparse.Namespace) -> dict:
     """The generator's own options among the flags: only those given (another model's option is
     then the generator's one-line error, not silently ignored)."""
-    given = {"steps": args.steps, "eta": args.eta, "mode": args.mode}
+    given = {
+        "steps": args.steps,
+        "eta": args.eta,
+        "mode": getattr(args, "mode", None),
+        "guidance": args.guidance,
+    }
     options = {k: v for k, v in given.items() if v is not None}
     if args.clamp:
         options["clamp"] = True
     return options
+
+
+def _load_diffusion(args: argparse.Namespace, verb: str):
+    """The model of ``--model`` for a verb only the diffusion model serves (infill, edit)."""
+    from codefusion.generator import check_model_dir
+
+    check_model_dir(args.model)
+    import torch
+
+    from codefusion.auto import load_generator
+    from codefusion.pipeline import CodeFusion
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gen = load_generator(args.model, device=device)
+    if not isinstance(gen, CodeFusion):
+        raise UserError(f"{verb} needs a diffusion model, not the autoregressive baseline")
+    return gen
+
+
+def _trace_steps(ts: list[int]) -> set[int]:
+    """Eight steps of a plan, evenly spread, for --show-steps."""
+    if not ts:
+        return set()
+    return {ts[round(i * (len(ts) - 1) / 7)] for i in range(8)}
+
+
+def _print_trace(cf, out, row: int, what: str) -> None:
+    print(what, file=sys.stderr)
+    if not out.trace:
+        print("  (no denoising step: t0 = 0 decodes the input's L(code))", file=sys.stderr)
+    for t, tokens in out.trace:
+        print(f"  t={t:5d}  {cf.tokenizer.decode(tokens[row].tolist())}", file=sys.stderr)
+
+
+def _print_candidates(cands, args: argparse.Namespace, head: dict) -> None:
+    if args.json:
+        rows = []
+        for c in cands:
+            row = {"code": c.code, "score": c.score}
+            if hasattr(c, "fills"):
+                row["fills"] = list(c.fills)
+            rows.append(row)
+        print(json.dumps({**head, "candidates": rows}, indent=2, ensure_ascii=False))
+        return
+    for rank, c in enumerate(cands, 1):
+        fills = f"   fills: {', '.join(map(repr, c.fills))}" if hasattr(c, "fills") else ""
+        print(f"{rank}. [{c.score:7.3f}]  {c.code}{fills}")
+
+
+def _with_warnings(fn):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn()
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    return out
+
+
+def _cmd_infill(args: argparse.Namespace) -> int:
+    from codefusion.infill import parse_template
+
+    parse_template(args.template, args.max_fill)  # a bad template: said before loading torch
+    cf = _load_diffusion(args, "infill")
+    options = _generate_options(args)
+    kw = dict(num_draws=args.draws, seed=args.seed, max_fill=args.max_fill, **options)
+    cands = _with_warnings(
+        lambda: cf.infill(
+            args.template,
+            args.prompt,
+            k=args.k,
+            syntax_rank=args.syntax_rank,
+            rank=args.rank,
+            **kw,
+        )  # fmt: skip
+    )
+    if args.show_steps:
+        plan = cf.infill_plan(args.template, args.max_fill)
+        kw["num_draws"] = args.draws or plan.default_draws(args.k)
+        ts = cf.schedule.timesteps(args.steps)
+        out, _ = cf.infill_draws(args.template, args.prompt, trace_at=_trace_steps(ts), **kw)
+        best = int(out.scores.argmax())
+        _print_trace(cf, out, best, f"denoising the best draw ({len(ts)} steps):")
+    _print_candidates(cands, args, {"template": args.template, "prompt": args.prompt})
+    return 0
+
+
+def _cmd_edit(args: argparse.Namespace) -> int:
+    from codefusion.errors import GenerationError
+
+    if not 0 < args.strength <= 1:  # said before loading torch
+        raise GenerationError(f"strength must lie in (0, 1], got {args.strength}")
+    cf = _load_diffusion(args, "edit")
+    options = _generate_options(args)
+    kw = dict(seed=args.seed, **options)
+    cands = _with_warnings(
+        lambda: cf.edit(
+            args.code,
+            args.prompt,
+            strength=args.strength,
+            k=args.k,
+            num_draws=args.draws,
+            syntax_rank=args.syntax_rank,
+            rank=args.rank,
+            **kw,
+        )
+    )
+    if args.show_steps:
+        from codefusion.sampling.ddim import StepPlan
+
+        opts = cf.options(strength=args.strength, **options)
+        ts = StepPlan.for_options(cf.schedule, opts).ts
+        out = cf.edit_draws(
+            args.code, args.prompt, args.draws or 2 * args.k, args.strength,
+            trace_at=_trace_steps(ts), **kw,
+        )  # fmt: skip
+        best = int(out.scores.argmax())
+        _print_trace(cf, out, best, f"editing from t0 = {ts[0] if ts else 0} ({len(ts)} steps):")
+    head = {"code": args.code, "prompt": args.prompt, "strength": args.strength}
+    _print_candidates(cands, args, head)
+    return 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -126,6 +252,39 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The flags infill and edit share with generate."""
+    p.add_argument(
+        "--model", required=True, help="model directory (config.json, model.safetensors, tokenizer)"
+    )
+    p.add_argument("--k", type=int, default=5, help="candidates to return (default 5)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="denoising steps (default: all T; respaced)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same output")
+    p.add_argument("--eta", type=float, help="DDIM eta, 0 deterministic (default), 1 ancestral")
+    p.add_argument(
+        "--clamp", action="store_true", help="clamp each step's x0 to the nearest token embedding"
+    )
+    p.add_argument(
+        "--guidance", type=float, help="classifier-free guidance scale w (default 1: none)"
+    )
+    p.add_argument(
+        "--syntax-rank", choices=["python", "bash", "cf"], help="rank candidates that parse first"
+    )
+    p.add_argument(
+        "--rank",
+        choices=["score", "votes"],
+        default="score",
+        help="order by the model's score, or by how many draws agree (ties by score)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a list")
+    p.add_argument(
+        "--show-steps", action="store_true", help="replay the denoising of the best draw"
+    )
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="codefusion",
@@ -176,8 +335,62 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["beam", "sample"],
         help="the autoregressive baseline: beam search (default) or nucleus sampling",
     )
+    g.add_argument(
+        "--guidance",
+        type=float,
+        help="CodeFusion: classifier-free guidance scale w (1 = none, the default; 0 = no prompt)",
+    )
     g.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     g.set_defaults(func=_cmd_generate)
+
+    f = sub.add_parser(
+        "infill",
+        help="fill the holes of a code template under a prompt (diffusion model)",
+        description="Fill the holes of TEMPLATE under PROMPT; every token of the template's "
+        "text is kept, at its place. Holes: <fill> (the model chooses 1..--max-fill tokens: "
+        "the lengths are drawn in turn across the draws and ranked with them), <fill:N> "
+        "(exactly N tokens), <fill:A-B> (A to B tokens). The code ends where the template does, "
+        "unless it ends with <fill>. Spaces just before a hole belong to the hole (byte-level "
+        "BPE puts a space on the token after it). Example: codefusion infill --model DIR "
+        "'GreaterThan(<fill>)' 'Highlight cells greater than 100'",
+    )
+    f.add_argument("template", help="code with holes, e.g. 'find . -name <fill> -delete'")
+    f.add_argument("prompt", help="natural-language prompt")
+    _add_sampling_args(f)
+    f.add_argument(
+        "--max-fill",
+        type=int,
+        default=8,
+        help="longest length drawn for a <fill> hole, in tokens (default 8)",
+    )
+    f.add_argument(
+        "--draws",
+        type=int,
+        default=None,
+        help="draws (default: every hole-length combination equally often, at least 2k)",
+    )
+    f.set_defaults(func=_cmd_infill)
+
+    e = sub.add_parser(
+        "edit",
+        help="revise code under a prompt (SDEdit, diffusion model)",
+        description="Revise CODE under PROMPT: the code's embedding is noised to step "
+        "t0 = round(strength x (T-1)) and denoised under the prompt by the (respaced) steps "
+        "below t0. Small strengths keep the input (at t0 = 0 the model only decodes it), "
+        "strength 1 is a fresh sample. Example: codefusion edit --model DIR --strength 0.3 "
+        "'GreaterThan(58)' 'Highlight cells greater than 85'",
+    )
+    e.add_argument("code", help="the code to revise (at most the model's canvas)")
+    e.add_argument("prompt", help="natural-language prompt")
+    e.add_argument(
+        "--strength",
+        type=float,
+        default=0.3,
+        help="noise strength in (0, 1]: faithfulness (small) against change (large); default 0.3",
+    )
+    _add_sampling_args(e)
+    e.add_argument("--draws", type=int, default=None, help="noise draws (default 2k)")
+    e.set_defaults(func=_cmd_edit)
 
     c = sub.add_parser("params", help="per-component parameter counts of a preset or a model")
     c.add_argument("--preset", default="paper", help="paper or tiny (default paper)")

@@ -3,11 +3,25 @@
 A :class:`~codefusion.generator.Generator` whose draw step is the diffusion sampler
 (:mod:`codefusion.sampling`) and whose options are :class:`~codefusion.sampling.SamplingOptions`
 (``steps``, ``eta``, ``clamp``, ``fast``, ``cache_cross_kv``, ``length``,
-``length_candidates``). Its model directory's ``config.json`` is a ``CodeFusionConfig``.
+``length_candidates``, ``guidance``, ``guidance_self_condition``). Its model directory's
+``config.json`` is a ``CodeFusionConfig``.
+
+Beyond generation, the same model and sampler serve two requests an autoregressive model
+cannot without retraining:
+
+- :meth:`CodeFusion.infill`: a template with holes (``<fill>``, ``<fill:N>``; see
+  :mod:`codefusion.infill`) and a prompt -> the holes filled, every given token kept;
+- :meth:`CodeFusion.edit`: code and a prompt -> revised code (SDEdit: the code's embedding
+  noised to ``strength`` and denoised under the prompt).
+
+Both take the sampling options too (``guidance`` included), and rank draws as ``generate``
+does.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,12 +31,28 @@ import torch
 from codefusion.config import CodeFusionConfig, preset
 from codefusion.errors import GenerationError, ModelLoadError
 from codefusion.generator import Candidate, Generator, check_prompts, rank_candidates
+from codefusion.infill import DEFAULT_MAX_FILL, InfillPlan, Layout, fill_ids, parse_template
 from codefusion.model import CodeFusionModel, attention_mask
 from codefusion.sampling import LENGTH_MODES, Known, SampleOutput, SamplingOptions, sample
+from codefusion.sampling.ddim import GUIDED_SELF_CONDITION
 from codefusion.schedule import SqrtSchedule
 from codefusion.tokenizer import CodeTokenizer
 
-__all__ = ["Candidate", "CodeFusion", "build_model", "length_known", "rank_candidates"]
+__all__ = [
+    "Candidate",
+    "CodeFusion",
+    "InfillCandidate",
+    "build_model",
+    "length_known",
+    "rank_candidates",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class InfillCandidate(Candidate):
+    """An infilled program, its score, and the text of each hole (spaces kept)."""
+
+    fills: tuple[str, ...] = ()
 
 
 def length_known(lengths: torch.Tensor, code_len: int, eos_id: int, pad_id: int) -> Known:
@@ -112,6 +142,19 @@ class CodeFusion(Generator):
             raise GenerationError(
                 f"length_candidates must be at least 1, got {options.length_candidates}"
             )
+        w = options.guidance
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
+            raise GenerationError(f"guidance must be a finite number, got {w!r}")
+        if options.guidance_self_condition not in GUIDED_SELF_CONDITION:
+            raise GenerationError(
+                "guidance_self_condition must be one of "
+                f"{', '.join(GUIDED_SELF_CONDITION)}, not {options.guidance_self_condition!r}"
+            )
+        s = options.strength
+        if s is not None and (
+            isinstance(s, bool) or not isinstance(s, int | float) or not 0 < s <= 1
+        ):
+            raise GenerationError(f"strength must lie in (0, 1], got {s!r}")
 
     @torch.no_grad()
     def sample_draws(
@@ -139,17 +182,39 @@ class CodeFusion(Generator):
         seed: int,
         options: SamplingOptions,
         trace_at: set[int] | None = None,
+        known: Known | None = None,
+        start: torch.Tensor | None = None,
     ) -> SampleOutput:
         """The draw step: E(s) once per call, the given end positions of
         ``length="predicted"`` (draw ``j`` of a prompt gets the ``(j mod length_candidates)``-th
         most likely length of the length head; the positions from it on are ``</s>`` then pad),
-        then the sampler (:func:`codefusion.sampling.sample`)."""
+        then the sampler (:func:`codefusion.sampling.sample`). ``known``: given positions of
+        every draw ([P * num_draws, C]: infilling); ``start``: canvas ids [P, C] of code to edit
+        (``options.strength``)."""
         cfg, dev = self.config, self.device
+        if (start is None) != (options.strength is None):
+            raise GenerationError(
+                "strength is the option of an edit: use edit(code, prompt, strength=...)"
+            )
         length = options.length
+        if known is not None or start is not None:
+            if length == "predicted":
+                raise GenerationError(
+                    "length='predicted' applies to generate only: an infill template fixes "
+                    "its end, an edit starts from its input"
+                )
+            length = "free"
         if length is None:
             length = "free" if self.model.length_head is None else "predicted"
         enc = self.model.encode(ids.to(dev), mask.to(dev))  # once per call, not per draw
-        known = None
+        if known is not None:
+            known = Known(
+                known.mask.to(dev),
+                known.tokens.to(dev),
+                None if known.no_stop is None else known.no_stop.to(dev),
+            )
+        if start is not None:
+            start = start.to(dev).repeat_interleave(num_draws, dim=0)
         if length == "predicted":
             lengths = self.draw_lengths(enc, mask.to(dev), num_draws, options.length_candidates)
             known = length_known(lengths, cfg.code_len, cfg.eos_id, cfg.pad_id)
@@ -162,7 +227,165 @@ class CodeFusion(Generator):
             else attention_mask(mask.to(dev)).repeat_interleave(num_draws, dim=0)
         )
         gen = torch.Generator(device=dev).manual_seed(seed)
-        return sample(self.model, self.schedule, enc, cross_mask, gen, options, known, trace_at)
+        return sample(
+            self.model, self.schedule, enc, cross_mask, gen, options, known, trace_at, start
+        )
+
+    # --- infilling ---------------------------------------------------------------------------
+    def infill_plan(self, template: str, max_fill: int = DEFAULT_MAX_FILL) -> InfillPlan:
+        """The template parsed and laid on this model's canvas (``GenerationError`` when it
+        has no hole, an unknown placeholder, or does not fit)."""
+        cfg = self.config
+        return InfillPlan(
+            parse_template(template, max_fill), self.tokenizer.ids, cfg.code_len, cfg.eos_id,
+            cfg.pad_id,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def infill_draws(
+        self,
+        template: str,
+        prompt: str,
+        num_draws: int | None = None,
+        seed: int = 0,
+        max_fill: int = DEFAULT_MAX_FILL,
+        trace_at: set[int] | None = None,
+        allow_empty: bool = False,
+        **options: Any,
+    ) -> tuple[SampleOutput, list[Layout]]:
+        """Raw infilling draws, unranked, and each draw's layout (``num_draws`` None: every
+        combination of hole lengths equally often, at least 10 draws)."""
+        opts = self.options(**options)
+        plan = self.infill_plan(template, max_fill)
+        n = plan.default_draws(5) if num_draws is None else num_draws
+        if n < 1:
+            raise GenerationError(f"num_draws must be at least 1, got {n}")
+        known, layouts = plan.draws(n)
+        ids, mask = self.encode_prompts(check_prompts([prompt], allow_empty))
+        return self.draw(ids, mask, n, seed, opts, trace_at, known=known), layouts
+
+    def infill(
+        self,
+        template: str,
+        prompt: str,
+        k: int = 5,
+        num_draws: int | None = None,
+        seed: int = 0,
+        max_fill: int = DEFAULT_MAX_FILL,
+        syntax_rank: str | None = None,
+        allow_empty: bool = False,
+        rank: str = "score",
+        **options: Any,
+    ) -> list[InfillCandidate]:
+        """Fill the holes of ``template`` under ``prompt``: the top-k programs, best first.
+
+        ``<fill:N>`` holds exactly N tokens; ``<fill>`` takes 1 to ``max_fill`` tokens, the
+        lengths (with several holes, a bounded set of their combinations) drawn in turn across
+        the draws and ranked by the model's score with everything else, like top-k. Every
+        token of the template's text is kept, at its place; the code ends where the template
+        does (unless it ends with ``<fill>``: then the model ends it). ``num_draws`` None:
+        every combination equally often, at least ``2k`` draws. Options as for ``generate``.
+        See :mod:`codefusion.infill` for the template syntax and the tokenisation rules."""
+        if k < 1:
+            raise GenerationError(f"k must be at least 1, got {k}")
+        plan = self.infill_plan(template, max_fill)
+        n = plan.default_draws(k) if num_draws is None else num_draws
+        if n < k:
+            raise GenerationError(f"k={k} is larger than the number of draws ({n})")
+        out, layouts = self.infill_draws(
+            template, prompt, n, seed, max_fill, allow_empty=allow_empty, **options
+        )
+        stops = (self.config.eos_id, self.config.pad_id)
+        fills: dict[str, tuple[str, ...]] = {}
+        codes = []
+        for row, layout in zip(out.tokens.tolist(), layouts, strict=True):
+            code = self.tokenizer.decode(row)
+            codes.append(code)
+            fills.setdefault(code, tuple(map(self._raw_text, fill_ids(row, layout, stops))))
+        ranked = rank_candidates(codes, out.scores.tolist(), k, syntax_rank, rank)
+        return [InfillCandidate(c.code, c.score, fills[c.code]) for c in ranked]
+
+    def _raw_text(self, ids: list[int]) -> str:
+        return self.tokenizer.hf.decode(
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+
+    # --- editing -----------------------------------------------------------------------------
+    def encode_edit_inputs(self, codes: Sequence[str]) -> torch.Tensor:
+        """Canvas ids [P, C] of the code to edit; a ``GenerationError`` for code that is not
+        text, is empty, or is longer than the canvas."""
+        c = self.config.code_len
+        for i, code in enumerate(codes):
+            if not isinstance(code, str):
+                raise GenerationError(f"code {i} is a {type(code).__name__}, not text")
+            if not code.strip():
+                raise GenerationError(f"code {i} is empty: there is nothing to edit")
+        ids, truncated = self.tokenizer.encode_code(codes, c)
+        for i, cut in enumerate(truncated):
+            if cut:
+                n = len(self.tokenizer.ids(codes[i])) + 1
+                raise GenerationError(
+                    f"code {i} is {n} tokens with its end token, longer than the model's "
+                    f"canvas of {c}"
+                )
+        return ids
+
+    @torch.no_grad()
+    def edit_draws(
+        self,
+        codes: str | Sequence[str],
+        prompts: str | Sequence[str],
+        num_draws: int,
+        strength: float,
+        seed: int = 0,
+        trace_at: set[int] | None = None,
+        allow_empty: bool = False,
+        **options: Any,
+    ) -> SampleOutput:
+        """Raw edit draws, ``num_draws`` consecutive rows per (code, prompt), unranked."""
+        codes = [codes] if isinstance(codes, str) else list(codes)
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if len(codes) != len(prompts):
+            raise GenerationError(f"{len(codes)} programs to edit but {len(prompts)} prompts")
+        opts = self.options(strength=strength, **options)
+        start = self.encode_edit_inputs(codes)
+        ids, mask = self.encode_prompts(check_prompts(prompts, allow_empty))
+        return self.draw(ids, mask, num_draws, seed, opts, trace_at, start=start)
+
+    def edit(
+        self,
+        code: str | Sequence[str],
+        prompt: str | Sequence[str],
+        strength: float = 0.3,
+        k: int = 5,
+        num_draws: int | None = None,
+        seed: int = 0,
+        syntax_rank: str | None = None,
+        allow_empty: bool = False,
+        rank: str = "score",
+        **options: Any,
+    ) -> list[Candidate] | list[list[Candidate]]:
+        """Revise ``code`` under ``prompt`` (SDEdit): L(code) noised to step
+        t0 = round(strength (T - 1)), then denoised by the respaced steps at or below t0 and
+        ranked as ``generate`` ranks. ``strength`` in (0, 1] trades faithfulness (small: the
+        input comes back; t0 = 0 returns D+H of L(code)) for change (1: a fresh sample).
+        One code and prompt return one list; lists of equal length, a list of lists."""
+        single = isinstance(code, str)
+        if k < 1:
+            raise GenerationError(f"k must be at least 1, got {k}")
+        n = 2 * k if num_draws is None else num_draws
+        if n < k:
+            raise GenerationError(f"k={k} is larger than the number of draws ({n})")
+        out = self.edit_draws(code, prompt, n, strength, seed, allow_empty=allow_empty, **options)
+        codes = [self.tokenizer.decode(r) for r in out.tokens.tolist()]
+        scores = out.scores.tolist()
+        results = [
+            rank_candidates(
+                codes[i * n : (i + 1) * n], scores[i * n : (i + 1) * n], k, syntax_rank, rank
+            )
+            for i in range(len(codes) // n)
+        ]
+        return results[0] if single else results
 
     def draw_lengths(
         self, enc: torch.Tensor, mask: torch.Tensor, num_draws: int, candidates: int

@@ -11,7 +11,11 @@ must re-cast every weight at every replay (its cast cache is off under capture),
 step's kernels. The DDIM update stays fp32. ``eta > 0`` works: each step's noise is drawn from
 the caller's generator into a static buffer before the replay, in the plain loop's order. Prompt
 K/V are padded to a bucket of prompt lengths (powers of two), masked only when the bucket or the
-batch has padding: without a mask SDPA can take the flash kernel.
+batch has padding: without a mask SDPA can take the flash kernel. Classifier-free guidance
+(``guidance`` ≠ 1) captures the step on 2N rows of K/V (conditional, then unconditional) and
+keeps w in a buffer; an edit (``strength``) loads the input's x_t0 instead of x_T and replays
+only the plan's steps below t0 (none at t0 = 0: D reads L(code) directly). Both set up through
+:func:`ddim.prepare`, as the plain loop does.
 
 A failed capture (or compilation) warns and runs the step eagerly, a correct but slow fallback;
 under :func:`strict_graphs` or ``CODEFUSION_STRICT_GRAPHS=1`` (the benchmark, the smoke check)
@@ -32,7 +36,7 @@ import torch
 
 from codefusion.model import KV, CodeFusionModel, Denoiser
 from codefusion.sampling import ddim
-from codefusion.sampling.ddim import Known, SampleOutput, StepCoef, StepPlan
+from codefusion.sampling.ddim import Known, SampleOutput, StepCoef
 from codefusion.sampling.options import SamplingOptions
 from codefusion.schedule import SqrtSchedule
 
@@ -134,14 +138,22 @@ class DenoiseStep:
         with_known: bool = False,
         masked: bool = True,
         compile_backend: str | None = None,
+        guided: bool = False,
+        guided_self: str = "own",
     ) -> None:
         cfg = model.config
         self.net, self.prediction_x0 = net, cfg.prediction == "x0"
         self.self_condition = cfg.self_condition
+        self.guided_self = guided_self
         k0 = kv[0][0]
-        n, dev = k0.shape[0], k0.device
+        rows, dev = k0.shape[0], k0.device  # K/V rows: 2N with guidance
+        n = rows // 2 if guided else rows
         self.x = torch.zeros((n, cfg.code_len, cfg.latent_dim), dtype=x_dtype, device=dev)
         self.x0 = torch.zeros_like(self.x)
+        # The self-conditioning input: x0 itself, or both halves' own estimates (guidance).
+        own = guided and guided_self == "own"
+        self.x0_self = torch.zeros_like(self.x).repeat(2, 1, 1) if own else self.x0
+        self.guidance = torch.ones((), dtype=torch.float32, device=dev) if guided else None
         self.t = torch.zeros((n,), dtype=torch.long, device=dev)
         self.coef = torch.ones((len(StepCoef._fields),), dtype=torch.float32, device=dev)
         self.noise = torch.zeros_like(self.x) if with_noise else None
@@ -151,13 +163,13 @@ class DenoiseStep:
         self.known_x0 = torch.zeros_like(self.x) if with_known else None
         self.kv = [
             tuple(
-                torch.zeros((n, a.shape[1], prompt_len, a.shape[3]), dtype=a.dtype, device=dev)
+                torch.zeros((rows, a.shape[1], prompt_len, a.shape[3]), dtype=a.dtype, device=dev)
                 for a in pair
             )
             for pair in kv
         ]
         self.mask = (
-            torch.ones((n, 1, 1, prompt_len), dtype=torch.bool, device=dev) if masked else None
+            torch.ones((rows, 1, 1, prompt_len), dtype=torch.bool, device=dev) if masked else None
         )
         self.table = (
             torch.zeros((cfg.vocab_size, cfg.latent_dim), dtype=x_dtype, device=dev)
@@ -182,6 +194,7 @@ class DenoiseStep:
         table: torch.Tensor | None,
         known_mask: torch.Tensor | None = None,
         known_x0: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> None:
         """Copy one call's inputs into the static buffers (the prompt's K/V into the first
         ``s`` positions; the rest zeroed and masked out). x̂0 starts at zero: the first step's
@@ -201,6 +214,9 @@ class DenoiseStep:
             raise ValueError("an unmasked step takes unpadded prompts of its bucket's length")
         self.x.copy_(x)
         self.x0.zero_()
+        self.x0_self.zero_()
+        if self.guidance is not None:
+            self.guidance.copy_(guidance)
         if self.table is not None:
             self.table.copy_(table)
         if self.known_mask is not None:
@@ -210,7 +226,7 @@ class DenoiseStep:
     def step(self, model: CodeFusionModel) -> None:
         """The captured function: one :func:`ddim.ddim_step` from and into the static buffers,
         N in its own dtype (no autocast) and the update in ``x``'s."""
-        x_prev, x0 = ddim.ddim_step(
+        out = ddim.ddim_step(
             model,
             self.x,
             self.t,
@@ -219,13 +235,17 @@ class DenoiseStep:
             self.mask,
             self.table,
             self.noise,
-            x0_prev=self.x0 if self.self_condition else None,
+            x0_prev=self.x0_self if self.self_condition else None,
             known_mask=self.known_mask,
             known_x0=self.known_x0,
             denoiser=self.net,
+            guidance=self.guidance,
+            guided_self=self.guided_self,
         )
-        self.x0.copy_(x0)
-        self.x.copy_(x_prev)  # after every read of x: kernels run in stream order
+        self.x0.copy_(out.x0)
+        if self.x0_self is not self.x0:
+            self.x0_self.copy_(out.x0_self)
+        self.x.copy_(out.x_prev)  # after every read of x: kernels run in stream order
 
     def warm_up(self, model: CodeFusionModel, runs: int = 2) -> None:
         """Run the step (compiling it, where it is compiled) before any capture or timing. A
@@ -288,12 +308,15 @@ def _denoise_step_for(
     with_known: bool = False,
     masked: bool = True,
     compile_backend: str | None = None,
+    guided: bool = False,
+    guided_self: str = "own",
 ) -> DenoiseStep:
     k0 = kv[0][0]
     net_dtype = next(net.parameters()).dtype
     key = (
         tuple(k0.shape[:2]) + (prompt_len, k0.dtype, k0.device, x_dtype, net_dtype),
         (clamp, with_noise, use_graph, model.training, with_known, masked, compile_backend),
+        (guided, guided_self if guided else None),
         tuple(p.data_ptr() for p in model.denoiser.parameters()),
         id(net),
     )
@@ -311,6 +334,8 @@ def _denoise_step_for(
             with_known,
             masked,
             compile_backend,
+            guided,
+            guided_self,
         )
         if use_graph:
             try:
@@ -341,6 +366,7 @@ def sample_graph(
     use_graph: bool | None = None,
     dtype: torch.dtype | None | str = "auto",
     compile_backend: str | None = "auto",
+    start: torch.Tensor | None = None,
 ) -> SampleOutput:
     """The graph path of :func:`codefusion.sampling.sample` (cached K/V always).
 
@@ -363,24 +389,29 @@ def sample_graph(
         # single short generate call may rather skip it (CODEFUSION_COMPILE_SAMPLER=0).
         wanted = os.environ.get("CODEFUSION_COMPILE_SAMPLER", "1") not in ("0", "")
         compile_backend = "inductor" if dev.type == "cuda" and wanted else None
-    # The same first draw as the plain loop: the same x_T for the same generator state.
-    x = ddim.initial_noise(model, enc, generator)
+    # The same draws as the plain loop: x_T (or the edit's x_t0), then guidance's ξ.
+    prep = ddim.prepare(model, schedule, enc, cross_mask, generator, options, start)
+    x, plan = prep.x, prep.plan
 
     def amp() -> torch.autocast:
         return torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None)
 
-    net = model.denoiser if dtype is None else low_precision_denoiser(model, dtype)
-    kv_n = net.cross_kv(enc.to(next(net.parameters()).dtype))  # once per call
     with amp():
         kv_d = model.decoder.cross_kv(enc)
+    if len(plan) == 0:  # an edit at t0 = 0: no step, D reads L(code)
+        with amp():
+            tokens, scores = ddim.decode_tokens(model, x, kv_d, cross_mask, known)
+        return SampleOutput(tokens, scores, [])
+    net = model.denoiser if dtype is None else low_precision_denoiser(model, dtype)
+    kv_n = net.cross_kv(prep.enc_n.to(next(net.parameters()).dtype))  # once per call
     table = None
     if options.clamp:
         table = model.embed_code(torch.arange(cfg.vocab_size, device=dev))
-    plan = StepPlan.for_options(schedule, options)
     s = enc.shape[1]
     prompt_len = prompt_bucket(s, cfg.max_prompt_len)
-    masked = cross_mask is not None or prompt_len != s
+    masked = prep.mask_n is not None or prompt_len != s
     known_mask, known_x0 = ddim.known_inputs(model, known)
+    guided = prep.guidance is not None
     runner = _denoise_step_for(
         model,
         net,
@@ -393,8 +424,10 @@ def sample_graph(
         known is not None,
         masked,
         compile_backend,
+        guided,
+        options.guidance_self_condition,
     )
-    runner.load(x, kv_n, cross_mask, table, known_mask, known_x0)
+    runner.load(x, kv_n, prep.mask_n, table, known_mask, known_x0, prep.guidance)
     trace: list[tuple[int, torch.Tensor]] = []
     for i, t in enumerate(plan.ts):
         runner.t.copy_(plan.t[i])  # 0-d -> [N]

@@ -26,11 +26,23 @@ class SamplingOptions:
     - ``length_candidates``: with "predicted", draw ``j`` of a prompt gets the ``(j mod
       length_candidates)``-th most likely length.
 
+    - ``guidance``: classifier-free guidance scale w. N runs on the conditional rows and as
+      many unconditional ones (E(s) := Gaussian noise, as trained) in one batch, and
+      x̂0 = x̂0_u + w (x̂0_c - x̂0_u) before the update (``ddim.ddim_step``). 1 (default) is
+      plain conditional sampling and runs no unconditional half; 0 is unconditional.
+    - ``guidance_self_condition``: with guidance and a self-conditioned N, what each half reads
+      as its previous estimate: "own" (its own, as in training) or "guided" (the combined x̂0).
+    - ``strength``: editing (SDEdit; ``CodeFusion.edit``), in (0, 1]: the run starts from the
+      input's L(code) noised to t0 = round(strength (T - 1)) and takes the plan's steps below
+      t0 (``ddim.StepPlan.for_options``); the input's canvas ids are an argument of
+      :func:`~codefusion.sampling.sample` (``start``) beside ``known``. t0 = 0 runs no step:
+      D+H read L(code) itself. None: not an edit (``generate``, ``infill``).
+
     A sampling feature adds its option here and reads it where it acts: in the step plan
-    (``ddim.StepPlan.for_options``: e.g. a start step for SDEdit-style editing, whose noised
-    input would be an argument of :func:`~codefusion.sampling.sample` beside ``known``) or in
-    the step (``ddim.ddim_step``: e.g. a guidance scale for classifier-free guidance, the
-    conditional and unconditional halves of one batch combined before the update).
+    (``ddim.StepPlan.for_options``: the start step of an edit), in the run's set-up
+    (``ddim.prepare``: the edit's x_t0, guidance's unconditional half) or in the step
+    (``ddim.ddim_step``: the guided combination of the two halves before the update). The
+    plain loop and the graph runner both read them there.
     """
 
     steps: int | None = None
@@ -40,3 +52,6 @@ class SamplingOptions:
     cache_cross_kv: bool = True
     length: str | None = None
     length_candidates: int = 3
+    guidance: float = 1.0
+    guidance_self_condition: str = "own"
+    strength: float | None = None
