@@ -199,13 +199,16 @@ def test_reproduce_runs_end_to_end_inside_its_budget(tmp_path, monkeypatch):
         assert st["steps"] >= 1 and st["planned_steps"] >= st["steps"] - 1
         assert st["tokens_per_s"] > 0 and st["mfu"] is None  # no peak FLOP/s known on CPU
     ev = run["eval"]
-    assert ev["complete"] and ev["items"] == ev["test_items"] == 9
+    # Every item normally fits; on a loaded machine the deadline may cut the last ones, and the
+    # files then say so (the budget, not the item count, is the contract).
+    assert ev["test_items"] == 9 and 1 <= ev["items"] <= 9
+    assert ev["complete"] == (ev["items"] == 9)
     assert ev["steps"] in reproduce.EVAL_LADDER
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n"] == 9 and metrics["options"]["steps"] == ev["steps"]
+    assert metrics["n"] == ev["items"] and metrics["options"]["steps"] == ev["steps"]
     assert all(0 <= metrics[k] <= 100 for k in ("top1", "top3", "top5"))
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(records) == 9 and all(1 <= len(r["candidates"]) <= 5 for r in records)
+    assert len(records) == ev["items"] and all(1 <= len(r["candidates"]) <= 5 for r in records)
     table = (out / "table.md").read_text()
     assert f"{ev['steps']} sampling steps" in table and "inside the budget" in table
     assert (
