@@ -252,22 +252,30 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    """The flags infill and edit share with generate."""
+def _add_sampling_args(p: argparse.ArgumentParser, only: str = "", shown: str = "best") -> None:
+    """The flags generate, infill and edit share. ``only`` prefixes the help of the flags that
+    only the diffusion model takes (generate serves the baseline too); ``shown``: the draw
+    that --show-steps replays."""
     p.add_argument(
         "--model", required=True, help="model directory (config.json, model.safetensors, tokenizer)"
     )
     p.add_argument("--k", type=int, default=5, help="candidates to return (default 5)")
     p.add_argument(
-        "--steps", type=int, default=None, help="denoising steps (default: all T; respaced)"
+        "--steps", type=int, default=None, help=f"{only}denoising steps (default: all T; respaced)"
     )
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same output")
-    p.add_argument("--eta", type=float, help="DDIM eta, 0 deterministic (default), 1 ancestral")
     p.add_argument(
-        "--clamp", action="store_true", help="clamp each step's x0 to the nearest token embedding"
+        "--eta", type=float, help=f"{only}DDIM eta, 0 deterministic (default), 1 ancestral"
     )
     p.add_argument(
-        "--guidance", type=float, help="classifier-free guidance scale w (default 1: none)"
+        "--clamp",
+        action="store_true",
+        help=f"{only}clamp each step's x0 to the nearest token embedding",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        help=f"{only}classifier-free guidance scale w (1 = none, the default; 0 = no prompt)",
     )
     p.add_argument(
         "--syntax-rank", choices=["python", "bash", "cf"], help="rank candidates that parse first"
@@ -280,7 +288,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a list")
     p.add_argument(
-        "--show-steps", action="store_true", help="replay the denoising of the best draw"
+        "--show-steps", action="store_true", help=f"replay the denoising of the {shown} draw"
     )
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
@@ -295,52 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate top-k programs for prompts")
     g.add_argument("prompts", nargs="+", help="natural-language prompt(s)")
-    g.add_argument(
-        "--model", required=True, help="model directory (config.json, model.safetensors, tokenizer)"
-    )
-    g.add_argument("--k", type=int, default=5, help="candidates to return per prompt (default 5)")
+    _add_sampling_args(g, only="CodeFusion: ", shown="first")
     g.add_argument("--draws", type=int, default=None, help="noise draws per prompt (default 2k)")
-    g.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="CodeFusion: denoising steps (default: all T; fewer are respaced)",
-    )
-    g.add_argument(
-        "--seed", type=int, default=0, help="random seed: the same seed gives the same output"
-    )
-    g.add_argument(
-        "--eta", type=float, help="CodeFusion: DDIM eta, 0 deterministic (default), 1 ancestral"
-    )
-    g.add_argument(
-        "--clamp",
-        action="store_true",
-        help="CodeFusion: clamp each step's x0 to the nearest token embedding",
-    )
-    g.add_argument(
-        "--syntax-rank", choices=["python", "bash", "cf"], help="rank candidates that parse first"
-    )
-    g.add_argument(
-        "--rank",
-        choices=["score", "votes"],
-        default="score",
-        help="order by the model's score, or by how many draws agree (ties by score)",
-    )
-    g.add_argument("--json", action="store_true", help="print JSON instead of a list")
-    g.add_argument(
-        "--show-steps", action="store_true", help="replay the denoising of the first draw"
-    )
     g.add_argument(
         "--mode",
         choices=["beam", "sample"],
         help="the autoregressive baseline: beam search (default) or nucleus sampling",
     )
-    g.add_argument(
-        "--guidance",
-        type=float,
-        help="CodeFusion: classifier-free guidance scale w (1 = none, the default; 0 = no prompt)",
-    )
-    g.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     g.set_defaults(func=_cmd_generate)
 
     f = sub.add_parser(
