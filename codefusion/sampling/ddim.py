@@ -218,14 +218,11 @@ def ddim_step(
         out = out.to(x.dtype)
         return out if model.config.prediction == "x0" else (x_in - c.sqrt_1m_ab * out) / c.sqrt_ab
 
-    def edit(x0: torch.Tensor) -> torch.Tensor:
+    def edit(x0: torch.Tensor) -> torch.Tensor:  # [N] rows: clamping, then given tokens
         if table is not None:
             x0 = nearest_embedding(x0, table)
         if known_mask is not None:
-            mask, given = known_mask, known_x0.to(x0.dtype)
-            if x0.shape[0] != mask.shape[0]:
-                mask, given = mask.repeat(2, 1, 1), given.repeat(2, 1, 1)
-            x0 = torch.where(mask, given, x0)
+            x0 = torch.where(known_mask, known_x0.to(x0.dtype), x0)
         return x0
 
     if guidance is None:
@@ -237,7 +234,7 @@ def ddim_step(
             prev = prev.repeat(2, 1, 1)
         x0_c, x0_u = estimate(x.repeat(2, 1, 1), prev).chunk(2)
         x0 = edit(x0_u + guidance.to(x.dtype) * (x0_c - x0_u))
-        x0_self = x0 if guided_self == "guided" else edit(torch.cat([x0_c, x0_u]))
+        x0_self = x0 if guided_self == "guided" else torch.cat([edit(x0_c), edit(x0_u)])
     eps = (x - c.sqrt_ab * x0) / c.sqrt_1m_ab
     x_prev = c.sqrt_ab_prev * x0 + c.c_eps * eps
     if noise is not None:
