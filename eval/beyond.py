@@ -84,13 +84,18 @@ def _spans(pattern: re.Pattern, text: str) -> list[re.Match]:
     return list(pattern.finditer(text))
 
 
+def _drop_paren(code: str, rng: random.Random) -> str | None:
+    """One parenthesis removed (either language), or None when there is none."""
+    where = [i for i, ch in enumerate(code) if ch in "()"]
+    if not where:
+        return None
+    i = rng.choice(where)
+    return code[:i] + code[i + 1 :]
+
+
 def _corrupt_cf(code: str, kind: str, rng: random.Random) -> str | None:
     if kind == "paren":
-        where = [i for i, ch in enumerate(code) if ch in "()"]
-        if not where:
-            return None
-        i = rng.choice(where)
-        return code[:i] + code[i + 1 :]
+        return _drop_paren(code, rng)
     if kind == "name":
         calls = [m for m in _spans(_CALL, code) if _family(m.group(1)) is not None]
         if not calls:
@@ -120,11 +125,7 @@ _BASH_WORD = re.compile(r"\$\(|`|\|\||&&|[|;()]|[^\s|;()`]+")
 
 def _corrupt_bash(code: str, kind: str, rng: random.Random) -> str | None:
     if kind == "paren":
-        where = [i for i, ch in enumerate(code) if ch in "()"]
-        if not where:
-            return None
-        i = rng.choice(where)
-        return code[:i] + code[i + 1 :]
+        return _drop_paren(code, rng)
     words = list(_BASH_WORD.finditer(code))
     if kind == "name":
         at = [
