@@ -115,13 +115,15 @@ def _diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_split_args(r: argparse.ArgumentParser) -> None:
-    r.add_argument(
-        "--split",
-        choices=["test", "heldout"],
-        default="test",
-        help="test split, or the held-out share of the train split (choose settings on it)",
-    )
+def _add_split_args(r: argparse.ArgumentParser, split: bool = True) -> None:
+    """--split (unless the command takes several) and how the held-out share is drawn."""
+    if split:
+        r.add_argument(
+            "--split",
+            choices=["test", "heldout"],
+            default="test",
+            help="test split, or the held-out share of the train split (choose settings on it)",
+        )
     r.add_argument(
         "--holdout-fraction", type=float, default=0.1, help="held-out share (as in training)"
     )
@@ -423,11 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     gd.add_argument("--steps", type=int, default=100)
     gd.add_argument("--seed", type=int, default=0)
     gd.add_argument("--limit", type=int, help="only the first N items (smoke runs)")
-    gd.add_argument(
-        "--holdout-fraction", type=float, default=0.1, help="held-out share (as in training)"
-    )
-    gd.add_argument("--holdout-seed", type=int, default=0, help="the training run's seed")
-    gd.add_argument("--holdout-by", choices=["code", "row"], default="code")
+    _add_split_args(gd, split=False)
     gd.set_defaults(func=_guidance)
     s = sub.add_parser(
         "rescore",
