@@ -25,7 +25,7 @@ loss read, Lightning's EMA update, the autocast sampler) and, with ``--compile``
 Activation memory (``memory``): bytes saved for backward per example (optimised precision,
 full-length prompts), the figure the configs' batch sizes are planned from.
 
-Model FLOPs per step are the library's analytic count (``CodeFusionModel.estimate_flops``: 6 x
+Model FLOPs per step are the library's analytic count (``codefusion.flops.codefusion_flops``: 6 x
 the weights of every nn.Linear x the tokens it sees, plus the attention matmuls). MFU = achieved
 FLOP/s / ``--peak-tflops`` (CUDA only; null on CPU).
 
@@ -74,6 +74,7 @@ from bench.workload import (  # noqa: E402
 )
 from codefusion.baseline import ARBaseline  # noqa: E402
 from codefusion.config import PRESETS, preset  # noqa: E402
+from codefusion.flops import codefusion_flops  # noqa: E402
 from codefusion.model import CodeFusionModel  # noqa: E402
 from codefusion.pipeline import CodeFusion, build_model  # noqa: E402
 from codefusion.sampling.graph import strict_graphs  # noqa: E402
@@ -130,7 +131,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-draws", type=int, default=10)
     p.add_argument("--repeats", type=int, help="timed sampling runs (median; default 5; quick 3)")
     p.add_argument("--sample-warmup", type=int, help="untimed sampling runs (default 2; quick 1)")
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="H100 SXM bf16 dense: 989")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="a measured dense bf16 peak (default: the device's by specification; "
+        "bench/environment.py)",
+    )
     p.add_argument(
         "--compile", action="store_true", help="torch.compile E, N, D and the sampling step"
     )
@@ -197,7 +203,7 @@ def _bench_training(
     warmup = max(args.train_warmup, 3 if compiled else 0)
     with nullcontext() if optimised else reference_kernels():
         times = timed(step, warmup, args.train_steps, dev)
-    flops = model.estimate_flops(batch_size, args.prompt_len)["train_step"]
+    flops = codefusion_flops(model, batch_size, args.prompt_len)["train_step"]
     step_s = statistics.median(times)
     tflops = flops / step_s / 1e12
     result = {
@@ -207,13 +213,13 @@ def _bench_training(
         "tokens_per_s": batch_size * cfg.code_len / step_s,
         "achieved_tflops": tflops,
         "flops_per_step": flops,
-        "mfu": tflops / args.peak_tflops if dev.type == "cuda" else None,
+        "mfu": tflops / args.peak_tflops if args.peak_tflops else None,
         "precision": "bf16 autocast" if amp else "fp32",
         "optimizer": "AdamW(fused=True)" if optimised else "AdamW(fused=False), foreach default",
         "kernels": "triton" if optimised and triton_active(dev) else "reference",
         "compiled": compiled,
         "final_loss": float(last[0]) if last else None,
-        "flops": model.estimate_flops(batch_size, args.prompt_len),
+        "flops": codefusion_flops(model, batch_size, args.prompt_len),
         "max_memory_gib": (
             torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
         ),
@@ -307,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
+    from bench.environment import device_name, peak_flops
+
+    peak = peak_flops(device_name(dev), dev.type, args.peak_tflops)
+    args.peak_tflops = None if peak is None else peak / 1e12
     tok = synthetic_tokenizer(args.vocab_size)
     cfg = preset(args.preset, vocab_size=len(tok))
     with torch.device("meta"):  # sizes only: no memory, no initialisation

@@ -271,6 +271,7 @@ def sampling_op_counts(args: argparse.Namespace, dev: torch.device, tok: CodeTok
     from codefusion.model import attention_mask
     from codefusion.sampling import SamplingOptions, ddim
     from codefusion.sampling import graph as G
+    from codefusion.sampling.denoise import Conditioning, DenoiseSpec, make_denoise
 
     def as_on_gpu(copy_inputs: bool = False):
         # On CPU N's adaLN counts as one op, as the Triton kernel is one launch on a GPU
@@ -280,21 +281,26 @@ def sampling_op_counts(args: argparse.Namespace, dev: torch.device, tok: CodeTok
     torch.manual_seed(args.seed)
     cfg = preset(args.preset, vocab_size=len(tok))
     model = build_model(cfg, tok).to(dev).eval()
-    schedule = SqrtSchedule(cfg.diffusion_steps, cfg.schedule_offset).to(dev)
+    schedule = SqrtSchedule(cfg.diffusion_steps).to(dev)
     prompt = synthetic_prompt(args.prompt_tokens)
     ids, mask, _ = tok.encode_prompts([prompt], cfg.max_prompt_len)
     n = args.num_draws
     out: dict[str, Any] = {"draws": n, "prompt_tokens": int(mask.sum())}
     with torch.no_grad():
-        enc = model.encode(ids.to(dev), mask.to(dev)).repeat_interleave(n, 0)
+        enc = model.encode(ids.to(dev), mask.to(dev))  # one prompt: its draws share E(s)
         x = torch.randn(n, cfg.code_len, cfg.latent_dim, device=dev)
         plan = ddim.StepPlan.build(schedule, schedule.timesteps(None), 0.0)
         t, c = plan.t[5].expand(n), plan.coef_at(5)
+        spec = DenoiseSpec(prediction=cfg.prediction, self_condition=cfg.self_condition)
+        denoise = make_denoise(spec, model.denoise)
+        x0_self = torch.zeros_like(x)
+
+        def one_step(kv, mask=None) -> None:
+            x0, _ = denoise(x, t, c, Conditioning(kv, mask), x0_self)
+            ddim.ddim_update(x, x0, c)
 
         def plain(cached_kv) -> Callable[[], Any]:
-            return lambda: ddim.ddim_step(
-                model, x, t, c, cached_kv or model.denoiser.cross_kv(enc), None
-            )
+            return lambda: one_step(cached_kv or model.denoiser.cross_kv(enc))
 
         with reference_kernels():
             plain(None)()
@@ -311,11 +317,11 @@ def sampling_op_counts(args: argparse.Namespace, dev: torch.device, tok: CodeTok
             kv_amp = model.denoiser.cross_kv(enc)
         pad = cfg.max_prompt_len - s
         kv_pad = [tuple(F.pad(a, (0, 0, 0, pad)) for a in pair) for pair in kv_amp]
-        m = attention_mask(F.pad(torch.ones(n, s, dtype=torch.long, device=dev), (0, pad)))
+        m = attention_mask(F.pad(torch.ones(1, s, dtype=torch.long, device=dev), (0, pad)))
 
         def before() -> None:
             with torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False):
-                ddim.ddim_step(model, x, t, c, kv_pad, m)
+                one_step(kv_pad, m)
 
         with as_on_gpu(copy_inputs=True):
             before()
@@ -325,7 +331,7 @@ def sampling_op_counts(args: argparse.Namespace, dev: torch.device, tok: CodeTok
             G._STEPS.pop(model, None)
             g = torch.Generator(device=dev).manual_seed(0)
             G.sample_graph(
-                model, schedule, enc, None, g, SamplingOptions(steps=2), use_graph=False,
+                model, schedule, enc, None, n, g, SamplingOptions(steps=2), use_graph=False,
                 dtype=torch.bfloat16, compile_backend=backend,
             )  # fmt: skip
             (runner,) = G._STEPS[model].values()
@@ -333,17 +339,15 @@ def sampling_op_counts(args: argparse.Namespace, dev: torch.device, tok: CodeTok
 
         runner = runner_for(None)
         with as_on_gpu():
-            runner._run(model)
-            out["fast step, now (bf16 copy of N)"] = count_ops(lambda: runner._run(model), dev)
+            runner._run()
+            out["fast step, now (bf16 copy of N)"] = count_ops(lambda: runner._run(), dev)
         if args.compile:
             import torch._inductor.config as inductor_config
 
             inductor_config.cpp.enable_kernel_profile = True
             runner = runner_for("inductor")
-            runner._run(model)
-            out["fast step, now, compiled"] = count_ops(
-                lambda: runner._run(model), dev, compiled=True
-            )
+            runner._run()
+            out["fast step, now, compiled"] = count_ops(lambda: runner._run(), dev, compiled=True)
     return out
 
 

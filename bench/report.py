@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import platform
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -34,40 +30,17 @@ TARGET_MFU_BATCH = 512  # the issue: MFU at batch >= 512
 
 
 def environment(args: argparse.Namespace, dev: torch.device) -> dict:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        sha = None
-    try:
-        import triton
+    """The run's date, command, commit, device and versions (bench/environment.py)."""
+    from bench.environment import command_line, git_info, versions
 
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    if dev.type == "cuda":
-        name = torch.cuda.get_device_name(dev)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
+    v = versions(dev)
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + shlex.join(sys.argv),
-        "git_sha": sha,
+        "command": command_line(),
+        "git_sha": git_info()["sha"],
         "device": dev.type,
-        "device_name": name,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "triton": triton_version,
-        "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
+        "device_name": v["device"],
+        **{k: v[k] for k in ("torch", "cuda", "triton", "python", "cpu_threads")},
     }
 
 
@@ -119,14 +92,19 @@ def markdown(res: dict) -> str:
     train = res.get("training")
     if train:
         opt_batch = train["optimised"]["batch_size"]
+        mfu_note = (
+            f"MFU against {st['peak_tflops']:g} TFLOP/s dense bf16 "
+            f"({res['environment']['device_name']})."
+            if st["peak_tflops"]
+            else "MFU: no peak known for this device (CPU, or pass --peak-tflops)."
+        )
         lines += [
             f"## Training (prompt {st['prompt_len']}, "
             f"code {train['tokens_per_step'] // opt_batch} tokens; "
             f"median of {st['train_steps']} steps after {st['train_warmup']} warm-up)",
             "",
             f"Model FLOPs per step (analytic, batch {opt_batch}): "
-            f"{train['flops_per_step'] / 1e9:,.2f} GFLOP. "
-            f"MFU against {st['peak_tflops']:g} TFLOP/s (CUDA only).",
+            f"{train['flops_per_step'] / 1e9:,.2f} GFLOP. {mfu_note}",
             "",
             "| path | batch | precision | optimizer | kernels | step | code tokens/s | TFLOP/s "
             "| MFU | peak memory |",

@@ -105,7 +105,7 @@ def train_setup(args: argparse.Namespace, dev: torch.device, batch_size: int, op
     torch.manual_seed(args.seed)
     cfg = preset(args.preset, vocab_size=args.vocab_size)
     model = CodeFusionModel(cfg).to(dev).train()
-    schedule = SqrtSchedule(cfg.diffusion_steps, cfg.schedule_offset).to(dev)
+    schedule = SqrtSchedule(cfg.diffusion_steps).to(dev)
     objective = CodeFusionObjective(schedule)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=optimised)
     batch = synthetic_batch(model, batch_size, args.prompt_len, args.seed).to(dev)

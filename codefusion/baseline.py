@@ -39,6 +39,7 @@ import torch
 from codefusion.config import ConfigError
 from codefusion.errors import GenerationError, ModelLoadError
 from codefusion.generator import Draws, Generator
+from codefusion.options import option
 from codefusion.tokenizer import CodeTokenizer, up_to_first_stop
 
 ARCHITECTURE = "t5-baseline"
@@ -159,15 +160,15 @@ def build_baseline(cfg, tokenizer: CodeTokenizer):
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    """The baseline's generation options (see the module docstring).
+    """The baseline's generation options (see the module docstring); the CLI flags are derived
+    from the fields (:mod:`codefusion.options`)."""
 
-    ``max_new_tokens`` defaults to ``code_len``, the length the model was trained on (end
-    token included); ``temperature`` and ``top_p`` apply to ``mode="sample"``."""
-
-    mode: str = "beam"
-    temperature: float = 1.0
-    top_p: float = 0.95
-    max_new_tokens: int | None = None
+    mode: str = option("beam", "beam search or nucleus sampling", choices=MODES)
+    temperature: float = option(1.0, "sampling temperature (mode sample)", type=float)
+    top_p: float = option(0.95, "nucleus mass (mode sample)", type=float)
+    max_new_tokens: int | None = option(
+        None, "longest output in tokens; default the canvas it was trained on", type=int
+    )
 
 
 class ARBaseline(Generator):
@@ -309,35 +310,3 @@ class ARBaseline(Generator):
         except ImportError:  # older transformers: its default cache is fine
             return {}
         return {"past_key_values": EncoderDecoderCache(DynamicCache(), DynamicCache())}
-
-
-def estimate_flops(model: torch.nn.Module, batch_size: int, prompt_len: int) -> dict[str, Any]:
-    """Model FLOPs of one training step of a T5 baseline (``T5ForConditionalGeneration``) on
-    ``batch_size`` rows of ``prompt_len`` prompt tokens and a full ``code_len`` target, counted
-    as :meth:`codefusion.model.CodeFusionModel.estimate_flops` counts CodeFusion's: 2 x the
-    weights of every nn.Linear x the tokens it sees (prompt tokens for the encoder and the
-    decoder's cross-attention K/V projections, target tokens for the rest and the tied LM head),
-    plus the attention matmuls (QK^T and AV: 4 x B x Sq x Sk x inner width per layer); a
-    training step is 3 x the forward."""
-    cfg = model.config
-    b, s, c = batch_size, prompt_len, int(cfg.code_len)
-
-    def linear_weights(module: torch.nn.Module, keep=lambda name: True) -> int:
-        return sum(
-            m.weight.numel()
-            for n, m in module.named_modules()
-            if isinstance(m, torch.nn.Linear) and keep(n)
-        )
-
-    def cross_kv(name: str) -> bool:
-        return name.endswith(("EncDecAttention.k", "EncDecAttention.v"))
-
-    per_prompt_token = linear_weights(model.encoder) + linear_weights(model.decoder, cross_kv)
-    per_code_token = linear_weights(model.decoder, lambda n: not cross_kv(n))
-    per_code_token += cfg.vocab_size * cfg.d_model  # the LM head (tied: the shared table)
-    inner = cfg.num_heads * cfg.d_kv
-    attention = 4 * b * s * s * inner * cfg.num_layers + cfg.num_decoder_layers * (
-        4 * b * c * c * inner + 4 * b * c * s * inner
-    )
-    forward = 2 * (per_prompt_token * b * s + per_code_token * b * c) + attention
-    return {"forward": float(forward), "train_step": float(3 * forward)}

@@ -17,7 +17,7 @@ Two surface formats occur in the data and both are accepted:
   ``TextEquals(c[3], 'Worldwide')``, ``GreaterThan(LEN(c[0]), 6)``, ``LessThan(c[2], c[1])``.
 
 How rules run on a table (the interpreter, which only evaluation needs) is in
-``eval/metrics/cf_interpreter.py``.
+``codefusion/scoring/metrics/cf_interpreter.py``.
 
 Public API: :func:`parse`, :func:`canonical`, :func:`normal_form`, :func:`is_valid`, the AST
 classes, and the exceptions :class:`CFError`, :class:`CFParseError`. On any string input the
@@ -44,6 +44,7 @@ __all__ = [
     "is_valid",
     "normal_form",
     "parse",
+    "without_columns",
 ]
 
 MAX_RULE_CHARS = 20_000  # longer input is rejected outright (no gold rule comes close)
@@ -63,14 +64,16 @@ class CFParseError(CFError):
 
 @dataclass(frozen=True)
 class Col:
-    """A column reference ``c[i]``, 0-based into the header row."""
+    """A column reference ``c[i]``, 0-based into the header row; ``index`` None: a column with
+    its index removed (:func:`without_columns`)."""
 
-    index: int
+    index: int | None
 
 
 @dataclass(frozen=True)
 class Len:
-    """``LEN(c[i])``: the text length of each cell of a column."""
+    """``LEN(c[i])``: the text length of each cell of a column; ``LEN()``: of the default
+    column's (``col.index`` None)."""
 
     col: Col
 
@@ -286,9 +289,12 @@ class _Parser:
             if m.group(1).lower() == "len":
                 lex.pos = m.end()
                 lex.skip_ws()
+                if lex.peek() == ")":  # LEN(): the length of the selected (default) column
+                    lex.pos += 1
+                    return Len(Col(None))
                 m2 = lex.match(_COLREF)
                 if m2 is None:
-                    raise lex.error("LEN takes a column reference")
+                    raise lex.error("LEN takes a column reference, or none")
                 lex.pos = m2.end()
                 lex.expect(")")
                 return Len(Col(int(m2.group(1))))
@@ -373,11 +379,15 @@ def is_valid(text: str) -> bool:
 # ---------------------------------------------------------------------------- canonical form
 
 
+def _col(a: Col) -> str:
+    return "c" if a.index is None else f"c[{a.index}]"
+
+
 def _canon_operand(a: Operand) -> str:
     if isinstance(a, Col):
-        return f"c[{a.index}]"
+        return _col(a)
     if isinstance(a, Len):
-        return f"len(c[{a.col.index}])"
+        return "len()" if a.col.index is None else f"len({_col(a.col)})"
     if isinstance(a, Num):
         return repr(a.value)
     return "'" + a.value.lower().replace("'", "''") + "'"
@@ -399,11 +409,30 @@ def _canon(rule: Rule) -> str:
     return f"{rule.name}({', '.join(parts)})"
 
 
-def canonical(text: str) -> str:
+def without_columns(rule: Rule) -> Rule:
+    """The rule with its column references removed, as a model trained on rules without
+    ``c[i]`` writes it: a predicate on ``c[i]`` applies to the default column (subject None),
+    ``LEN(c[i])`` becomes LEN of it, and a ``c[j]`` compared against keeps only that it is a
+    column (``Col(None)``: such a rule cannot lose its columns, and does not execute)."""
+    if isinstance(rule, Logic):
+        return Logic(rule.name, tuple(without_columns(a) for a in rule.args))
+
+    def strip(a: Any) -> Any:
+        if isinstance(a, Col):
+            return Col(None)
+        return Len(Col(None)) if isinstance(a, Len) else a
+
+    subject = None if isinstance(rule.subject, Col) else strip(rule.subject)
+    return Pred(rule.name, subject, tuple(strip(a) for a in rule.args))
+
+
+def canonical(text: str | Rule, columns: bool = True) -> str:
     """Canonical form of a rule: lower-case names, aliases resolved, ``top(X%)`` as
     ``toppercent(X)``, AND/OR arguments and Between bounds sorted, numbers as floats, text
-    lower-cased. Raises :class:`CFParseError` when ``text`` does not parse."""
-    return _canon(parse(text))
+    lower-cased. ``columns=False``: of the rule without its column references
+    (:func:`without_columns`). Raises :class:`CFParseError` when ``text`` does not parse."""
+    rule = parse(text) if isinstance(text, str) else text
+    return _canon(rule if columns else without_columns(rule))
 
 
 def normal_form(text: str) -> str:

@@ -21,16 +21,11 @@ DEFAULT_CACHE = Path.home() / ".cache" / "codefusion"
 def _generate_options(args: argparse.Namespace) -> dict:
     """The generator's own options among the flags: only those given (another model's option is
     then the generator's one-line error, not silently ignored)."""
-    given = {
-        "steps": args.steps,
-        "eta": args.eta,
-        "mode": getattr(args, "mode", None),
-        "guidance": args.guidance,
-    }
-    options = {k: v for k, v in given.items() if v is not None}
-    if args.clamp:
-        options["clamp"] = True
-    return options
+    from codefusion.baseline import DecodingOptions
+    from codefusion.options import given_options
+    from codefusion.sampling.options import SamplingOptions
+
+    return given_options(args, SamplingOptions, DecodingOptions)
 
 
 def _load_diffusion(args: argparse.Namespace, verb: str):
@@ -252,31 +247,25 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_sampling_args(p: argparse.ArgumentParser, only: str = "", shown: str = "best") -> None:
-    """The flags generate, infill and edit share. ``only`` prefixes the help of the flags that
-    only the diffusion model takes (generate serves the baseline too); ``shown``: the draw
-    that --show-steps replays."""
+def _add_sampling_args(
+    p: argparse.ArgumentParser, shown: str = "best", baseline: bool = False
+) -> None:
+    """The flags generate, infill and edit share, the generation options among them derived
+    from the options dataclasses (``baseline``: the autoregressive baseline's too, generate
+    serving both); ``shown``: the draw that --show-steps replays."""
+    from codefusion.options import add_option_flags
+    from codefusion.sampling.options import SamplingOptions
+
     p.add_argument(
         "--model", required=True, help="model directory (config.json, model.safetensors, tokenizer)"
     )
     p.add_argument("--k", type=int, default=5, help="candidates to return (default 5)")
-    p.add_argument(
-        "--steps", type=int, default=None, help=f"{only}denoising steps (default: all T; respaced)"
-    )
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same output")
-    p.add_argument(
-        "--eta", type=float, help=f"{only}DDIM eta, 0 deterministic (default), 1 ancestral"
-    )
-    p.add_argument(
-        "--clamp",
-        action="store_true",
-        help=f"{only}clamp each step's x0 to the nearest token embedding",
-    )
-    p.add_argument(
-        "--guidance",
-        type=float,
-        help=f"{only}classifier-free guidance scale w (1 = none, the default; 0 = no prompt)",
-    )
+    add_option_flags(p, SamplingOptions, prefix="CodeFusion: " if baseline else "")
+    if baseline:
+        from codefusion.baseline import DecodingOptions
+
+        add_option_flags(p, DecodingOptions, prefix="baseline: ")
     p.add_argument(
         "--syntax-rank", choices=["python", "bash", "cf"], help="rank candidates that parse first"
     )
@@ -303,13 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate top-k programs for prompts")
     g.add_argument("prompts", nargs="+", help="natural-language prompt(s)")
-    _add_sampling_args(g, only="CodeFusion: ", shown="first")
+    _add_sampling_args(g, shown="first", baseline=True)
     g.add_argument("--draws", type=int, default=None, help="noise draws per prompt (default 2k)")
-    g.add_argument(
-        "--mode",
-        choices=["beam", "sample"],
-        help="the autoregressive baseline: beam search (default) or nucleus sampling",
-    )
     g.set_defaults(func=_cmd_generate)
 
     f = sub.add_parser(

@@ -20,6 +20,9 @@ class ConfigError(UserError):
 
 # Keys that config.json files written before they were dropped still hold; nothing read them.
 _LEGACY_KEYS = ("mask_id", "extra")
+# Options of rejected ablation rows, removed since (the ablation table names the commit its rows
+# ran at): a model saved with the option off loads; one that used it is an error.
+_REMOVED_OPTIONS = {"tie_embeddings": False, "length_head": False, "schedule_offset": 1e-4}
 
 
 @dataclass
@@ -53,20 +56,10 @@ class CodeFusionConfig:
     # of size lr turns a row by about lr / sqrt(Dz) radians and L stays close to a random
     # codebook; at 1/sqrt(Dz) rows have norm ~1 and turn sqrt(Dz) times faster (README ablation).
     embedding_init_std: float | None = None
-    # Tie L (and H) to E's token embedding: L(y) = normalise(E_emb(y) W) and H scores a point
-    # by its dot product with every L(v). A number or name in the prompt and the same token in
-    # the code then share one representation (T5 ties its encoder, decoder and output tables
-    # alike), so copying from the prompt needs no per-token mapping learnt from the pairs, and
-    # tokens that occur in prompts but rarely in code targets still get a trained L row.
-    tie_embeddings: bool = False
     # Self-conditioning (Chen et al., Analog Bits): N also reads its own previous estimate of x0.
     self_condition: bool = True
-    # A length head on E(s): predicts the number of code tokens, so that sampling can fix the
-    # end token's position (see pipeline.py) instead of hoping N places it.
-    length_head: bool = False
     # Diffusion: square-root schedule over T steps; N predicts x0 (see diffusion.py for why).
     diffusion_steps: int = 1200
-    schedule_offset: float = 1e-4
     prediction: str = "x0"
 
     def __post_init__(self) -> None:
@@ -88,6 +81,12 @@ class CodeFusionConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CodeFusionConfig:
         d = {k: v for k, v in d.items() if k not in _LEGACY_KEYS}
+        for key, off in _REMOVED_OPTIONS.items():
+            if key in d and d.pop(key) != off:
+                raise ConfigError(
+                    f"{key} is an option of a rejected ablation row, removed from this version "
+                    "(results/ablation-cf/README.md names the commit that has it)"
+                )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

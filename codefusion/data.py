@@ -6,6 +6,10 @@ place from a data folder given by a flag or the ``CODEFUSION_DATA`` environment 
     <data>/benchmarks/{Bash,CFRule,Python}Benchmarks.json   {"train": [...], "test": [...]}
     <data>/pretraining/{BashSnippets,ConditionalFormattingSnippets}.txt
 
+Which file is whose is said in the language registry (:mod:`codefusion.languages`). The
+held-out share that settings are chosen on is a part of the *train* split
+(:func:`holdout_examples`); the test split is read only by evaluation.
+
 Row policy (one per split, never a crash):
 - **train**: rows with a null/blank prompt or empty code are skipped, and so are CF rows whose
   gold rule does not parse (garbled script text); the counts are returned and logged.
@@ -18,22 +22,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from codefusion.errors import UserError
+from codefusion.languages import UnknownLanguage, language
 
 log = logging.getLogger(__name__)
 
-BENCHMARKS = {
-    "cf": "CFRuleBenchmarks.json",
-    "bash": "BashBenchmarks.json",
-    "python": "PythonBenchmarks.json",
-}
-SNIPPETS = {"cf": "ConditionalFormattingSnippets.txt", "bash": "BashSnippets.txt"}
 # In the data folder beside benchmarks/: the Bash test items NL2Bash's official evaluation can
 # score (see load_nl2bash_defined).
 NL2BASH_DEFINED = "nl2bash-official-defined.json"
@@ -83,9 +83,10 @@ def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
 
 
 def check_language(lang: str) -> str:
-    if lang not in BENCHMARKS:
-        raise DataError(f"unknown benchmark {lang!r}: choose one of {', '.join(BENCHMARKS)}")
-    return lang
+    try:
+        return language(lang).name
+    except UnknownLanguage as e:
+        raise DataError(str(e)) from None
 
 
 def _read_json(path: Path) -> Any:
@@ -122,11 +123,8 @@ def _row_problem(row: Any, lang: str) -> str | None:
         return "null or empty prompt"
     if not code:
         return "empty code"
-    if lang == "cf":
-        from codefusion.cfrules import is_valid
-
-        if not is_valid(code):
-            return "unparseable CF rule"
+    if language(lang).train_gold_must_parse and not language(lang).parses(code):
+        return f"unparseable {lang} gold"
     return None
 
 
@@ -137,7 +135,7 @@ def load_benchmark(
     check_language(lang)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: choose train or test")
-    path = resolve_data_dir(data_dir) / "benchmarks" / BENCHMARKS[lang]
+    path = resolve_data_dir(data_dir) / "benchmarks" / language(lang).benchmark_file
     doc = _read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get(split), list):
         raise DataError(f'{path}: expected an object with a "{split}" list of records')
@@ -208,9 +206,49 @@ def load_snippets(
     Python has no released snippet file: pass ``python_corpus`` (built by
     ``codefusion build-python-corpus``), or it is built from the standard library on the fly.
     """
-    check_language(lang)
-    if lang == "python":
-        from codefusion.pycorpus import build_python_corpus, read_corpus
+    name = language(check_language(lang)).snippet_file
+    if name is None:
+        if python_corpus:
+            return list(iter_snippet_file(Path(python_corpus)))
+        from codefusion.pycorpus import build_python_corpus
 
-        return read_corpus(Path(python_corpus)) if python_corpus else build_python_corpus()
-    return list(iter_snippet_file(resolve_data_dir(data_dir) / "pretraining" / SNIPPETS[lang]))
+        return build_python_corpus()
+    return list(iter_snippet_file(resolve_data_dir(data_dir) / "pretraining" / name))
+
+
+def split_holdout(
+    items: list, fraction: float, seed: int, key: Callable[[Any], Hashable] | None = None
+) -> tuple[list, list]:
+    """A deterministic (train, val) split; val has at least one item when fraction > 0.
+
+    With ``key``, items of equal key go to the same side (whole groups are held out, in a
+    seeded order, until ``fraction`` of the items is reached): a held-out program is then never
+    trained on under another prompt."""
+    if fraction <= 0 or len(items) < 2:
+        return items, []
+    groups: dict[Hashable, list[int]] = {}
+    for i, x in enumerate(items):
+        groups.setdefault(i if key is None else key(x), []).append(i)
+    order = list(groups)
+    random.Random(seed).shuffle(order)
+    n_val, val = max(1, int(len(items) * fraction)), set()
+    for g in order:
+        if len(val) >= n_val:
+            break
+        # A group that would overshoot the share (CF: "Duplicate()" under 50 prompts) is kept
+        # for training, unless nothing is held out yet.
+        if val and len(val) + len(groups[g]) > n_val * 1.25:
+            continue
+        if len(val) + len(groups[g]) < len(items):
+            val.update(groups[g])
+    return [x for i, x in enumerate(items) if i not in val], [items[i] for i in sorted(val)]
+
+
+def holdout_examples(
+    examples: list[Example], fraction: float, seed: int, lang: str
+) -> tuple[list[Example], list[Example]]:
+    """The fine-tuning (train, held-out) split of a benchmark's train examples: whole programs
+    (the language's program key) are held out, since CF's train split has near-duplicates and
+    a random share of rows would not be independent of training."""
+    key = language(lang).program_key
+    return split_holdout(examples, fraction, seed, lambda e: key(e.code))

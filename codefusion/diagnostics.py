@@ -9,19 +9,25 @@ held-out (prompt, code) pairs, say where:
 - ``x0_nn_acc@t``: token accuracy of the nearest L row to N's x0_hat at step t (x_t from the
   forward process of the gold code). High at small t and falling with t is a healthy N; the
   steps where it collapses are the steps sampling cannot get right.
-- ``length_acc``: accuracy of the length head (when the model has one).
 
 Generation diagnostics (length accuracy of samples, valid top-1) need a benchmark's scoring
-and live in ``eval/diagnose.py``.
+and live in ``codefusion/scoring/evaluate.py``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import torch
 
-from codefusion.diffusion import Batch, content_length, content_mask, predict_x0
+from codefusion.batch import Batch
+from codefusion.diffusion import content_mask, predict_x0
 from codefusion.model import CodeFusionModel, attention_mask
 from codefusion.schedule import SqrtSchedule
+
+if TYPE_CHECKING:
+    from codefusion.data import Example
 
 # Steps at which x0_nn_acc is reported by default (of T = 1200; scaled for other T).
 DEFAULT_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
@@ -53,17 +59,35 @@ def model_diagnostics(
 
     x0 = model.embed_code(batch.code_ids)
     out = {"decoder_clean_acc": acc(model.logits(model.decode(x0, kv_d, cross_mask)).argmax(-1))}
-    table = model.embed_code(torch.arange(cfg.vocab_size, device=x0.device))  # [V, Dz]
+    table = model.code_table()  # [V, Dz]
     for t in steps:
         tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = schedule.q_sample(x0, tt, eps)
-        x0_hat = predict_x0(model, schedule, x_t, tt, kv_n, cross_mask, None)
-        if cfg.self_condition:  # as in sampling: N reads an estimate of x0 (here its own)
+        # As in sampling: a self-conditioned N reads zeros, then its own estimate.
+        zeros = torch.zeros_like(x0) if cfg.self_condition else None
+        x0_hat = predict_x0(model, schedule, x_t, tt, kv_n, cross_mask, zeros)
+        if cfg.self_condition:
             x0_hat = predict_x0(model, schedule, x_t, tt, kv_n, cross_mask, x0_hat)
         out[f"x0_nn_acc@{t}"] = acc((x0_hat @ table.T).argmax(-1))
-    if model.length_head is not None:
-        pred = model.length_logits(enc, batch.prompt_mask).argmax(-1)
-        gold = content_length(batch.code_ids, cfg.pad_id, cfg.eos_id)
-        out["length_head_acc"] = float((pred == gold).float().mean())
     return out
+
+
+def model_diagnostics_on(
+    generator: Any, examples: Sequence[Example], batch_size: int = 64, seed: int = 0
+) -> dict[str, float]:
+    """:func:`model_diagnostics` averaged over ``examples`` (a CodeFusion generator)."""
+    cfg, tok = generator.config, generator.tokenizer
+    gen = torch.Generator(device=generator.device).manual_seed(seed)
+    sums: dict[str, float] = {}
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        ids, mask, _ = tok.encode_prompts([e.prompt for e in chunk], cfg.max_prompt_len)
+        code, _ = tok.encode_code([e.code for e in chunk], cfg.code_len)
+        batch = Batch(ids, mask, code, torch.zeros(len(chunk), dtype=torch.bool)).to(
+            generator.device
+        )
+        d = model_diagnostics(generator.model, generator.schedule, batch, generator=gen)
+        for key, v in d.items():
+            sums[key] = sums.get(key, 0.0) + v * len(chunk)
+    return {key: v / max(1, len(examples)) for key, v in sums.items()}

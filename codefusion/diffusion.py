@@ -4,26 +4,24 @@
           (noise error, N)        (decoder term, D and L)    (cross-entropy, H)
 
 Notation: y the code tokens, x0 = L(y) [B, C, Dz], x_t = q_sample(x0, t, eps), N predicts
-x0_hat, SNR(t) = alpha_bar_t / (1 - alpha_bar_t). Choices the paper leaves open [ours, see
-README; each is an argument of :class:`CodeFusionObjective`, chosen by measurement]:
+x0_hat, SNR(t) = alpha_bar_t / (1 - alpha_bar_t). The choices the paper leaves open are the
+arguments of :class:`CodeFusionObjective`; each has the paper's literal reading and the recipe
+the README's ablation chose on held-out data (the default):
 
 - **Noise term** (``noise_weighting``): N predicts x0 (GENIE, Diffusion-LM); with eps derived
   from x0_hat, ||eps_hat - eps||^2 = SNR(t) * ||x0_hat - x0||^2, so the paper's literal term
   ("snr") puts most of its weight on the nearly clean steps (40% on t < 60 of 1200) and starves
   the noisy ones where sampling starts. "x0" weights every t alike (Diffusion-LM's
-  simplification); "min_snr" is Min-SNR-5 (Hang et al.); "max_snr_1" is Salimans & Ho's
-  truncated SNR, max(SNR, 1).
+  simplification; the recipe).
 - **What D reads** (``decoder_input``): at inference D runs once, on the x0_hat of the last
   step (t = 0), which for a good sample is close to L(y). The paper's literal reading ("x0_hat":
   D on N's estimate at the drawn t, mostly blurred) teaches D to ignore its input and generate
-  from E(s) alone. "clean" trains D on L(y), "noised" on q_sample(L(y), t') with t' uniform in
-  [0, ``decoder_max_t``]: D becomes the rounding step of GENIE and Diffusion-LM.
+  from E(s) alone; "clean" (the recipe) trains D on L(y): D becomes the rounding step of GENIE
+  and Diffusion-LM.
 - **Self-conditioning** (model config ``self_condition``): with probability
   ``self_cond_prob`` per batch, N first estimates x0 without gradient and then reads that
   estimate as an extra input (Chen et al., Analog Bits); otherwise the extra input is zero.
   Sampling feeds each step's x0_hat to the next.
-- **Length** (model config ``length_head``): cross-entropy of a length head on E(s) against
-  the number of code tokens, weight ``length_weight``, on conditional rows only.
 - Pad positions: most of the canvas is pad (CF gold is 3-10 tokens of 32-128), and weighting
   every position equally lets the model collapse to all-pad output (DiffuSeq #50,
   Diffusion-LM #48). Each term is a per-row mean over content positions (code tokens and the
@@ -35,36 +33,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from codefusion.batch import Batch
 from codefusion.kernels import linear_cross_entropy
 from codefusion.model import CodeFusionModel, attention_mask
 from codefusion.schedule import SqrtSchedule
 from codefusion.tokenizer import up_to_first_stop
-
-
-@dataclass
-class Batch:
-    """A training batch. ``uncond`` rows replace E(s) by Gaussian noise (pre-training task 1)."""
-
-    prompt_ids: torch.Tensor  # [B, S]
-    prompt_mask: torch.Tensor  # [B, S]
-    code_ids: torch.Tensor  # [B, C] canvas: tokens, </s>, <pad>...
-    uncond: torch.Tensor  # [B] bool
-
-    FIELDS = ("prompt_ids", "prompt_mask", "code_ids", "uncond")
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(*(getattr(self, f).to(device, non_blocking=non_blocking) for f in self.FIELDS))
-
-    def pin_memory(self) -> Batch:
-        """Page-locked copies (the DataLoader's pin_memory thread calls this): a copy to the GPU
-        with ``non_blocking=True`` then overlaps the step before it."""
-        return Batch(*(getattr(self, f).pin_memory() for f in self.FIELDS))
 
 
 def content_mask(code_ids: torch.Tensor, pad_id: int, eos_id: int) -> torch.Tensor:
@@ -82,19 +59,12 @@ def position_weights(
     return w + pad_weight * rest / rest.sum(1, keepdim=True).clamp_min(1)
 
 
-def content_length(code_ids: torch.Tensor, pad_id: int, eos_id: int) -> torch.Tensor:
-    """[B] number of code tokens before the first end/pad token (the length head's target)."""
-    return up_to_first_stop(code_ids, (pad_id, eos_id), inclusive=False).sum(1)
-
-
 # Noise-term weight on ||x0_hat - x0||^2 as a function of SNR(t) [B].
 NOISE_WEIGHTINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "snr": lambda snr: snr,  # = ||eps_hat - eps||^2: the paper's literal noise error
     "x0": lambda snr: torch.ones_like(snr),
-    "min_snr": lambda snr: snr.clamp(max=5.0),
-    "max_snr_1": lambda snr: snr.clamp(min=1.0),
 }
-DECODER_INPUTS = ("x0_hat", "clean", "noised")
+DECODER_INPUTS = ("x0_hat", "clean")
 
 
 def predict_x0(
@@ -124,9 +94,7 @@ class CodeFusionObjective(nn.Module):
         weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
         noise_weighting: str = "x0",
         decoder_input: str = "clean",
-        decoder_max_t: int = 0,
         self_cond_prob: float = 0.5,
-        length_weight: float = 0.1,
     ) -> None:
         if noise_weighting not in NOISE_WEIGHTINGS:
             raise ValueError(
@@ -137,13 +105,10 @@ class CodeFusionObjective(nn.Module):
             raise ValueError(
                 f"decoder_input must be one of {', '.join(DECODER_INPUTS)}, not {decoder_input!r}"
             )
-        if not 0 <= decoder_max_t < schedule.steps:
-            raise ValueError(f"decoder_max_t must lie in [0, {schedule.steps - 1}]")
         super().__init__()
         self.schedule, self.pad_weight, self.weights = schedule, pad_weight, weights
         self.noise_weight = NOISE_WEIGHTINGS[noise_weighting]
-        self.decoder_input, self.decoder_max_t = decoder_input, decoder_max_t
-        self.self_cond_prob, self.length_weight = self_cond_prob, length_weight
+        self.decoder_input, self.self_cond_prob = decoder_input, self_cond_prob
 
     def encoder_states(
         self, model: CodeFusionModel, batch: Batch
@@ -171,59 +136,42 @@ class CodeFusionObjective(nn.Module):
         eps = torch.randn_like(x0)
         x_t = sched.q_sample(x0, t, eps)
 
-        x0_prev = None
-        # A host-side coin (Python's RNG, saved in checkpoints): no device sync. Under DDP the
-        # ranks may differ; every parameter of N gets a gradient either way.
+        # Self-conditioning input: zeros, or with probability self_cond_prob N's own first
+        # estimate. Always a tensor: a compiled N sees one input signature either way. The coin
+        # is host-side (Python's RNG, saved in checkpoints): no device sync. Under DDP the ranks
+        # may differ; every parameter of N gets a gradient either way.
+        x0_prev = torch.zeros_like(x0) if cfg.self_condition else None
         if cfg.self_condition and random.random() < self.self_cond_prob:
             with torch.no_grad():
-                x0_prev = predict_x0(model, sched, x_t, t, kv_n, cross_mask).detach()
+                x0_prev = predict_x0(model, sched, x_t, t, kv_n, cross_mask, x0_prev)
+            x0_prev = x0_prev.detach().to(x0.dtype)  # autocast's bf16 as the zeros' dtype
         x0_hat = predict_x0(model, sched, x_t, t, kv_n, cross_mask, x0_prev)  # N
-
-        if self.decoder_input == "x0_hat":
-            d_in = x0_hat
-        elif self.decoder_input == "clean":
-            d_in = x0
-        else:
-            t_d = torch.randint(0, self.decoder_max_t + 1, (x0.shape[0],), device=x0.device)
-            d_in = sched.q_sample(x0, t_d, torch.randn_like(x0))
-        h = model.decode(d_in, kv_d, cross_mask)  # D
+        h = model.decode(x0 if self.decoder_input == "clean" else x0_hat, kv_d, cross_mask)  # D
 
         w = position_weights(batch.code_ids, cfg.pad_id, cfg.eos_id, self.pad_weight)
         rows = x0.shape[0]
-        snr = sched.snr(t)  # [B]
         x0_err = (x0_hat - x0).float().pow(2).mean(-1)  # [B, C]
-        noise = (self.noise_weight(snr)[:, None] * x0_err * w).sum() / rows
+        noise = (self.noise_weight(sched.snr(t))[:, None] * x0_err * w).sum() / rows
         decoder = ((h - x0).float().pow(2).mean(-1) * w).sum() / rows
         # H + cross-entropy; on CUDA a fused kernel that never holds [B*C, V] fp32 logits.
-        weight, bias = model.head_weight_bias()
         ce = linear_cross_entropy(
-            h.flatten(0, 1), weight, bias, batch.code_ids.flatten(), w.flatten()
+            h.flatten(0, 1),
+            model.head.weight,
+            model.head.bias,
+            batch.code_ids.flatten(),
+            w.flatten(),
         )
         ce = ce / rows
         a, b, c = self.weights
-        loss = a * noise + b * decoder + c * ce
-        out = {"noise": noise, "decoder": decoder, "ce": ce}
-        if model.length_head is not None:
-            target = content_length(batch.code_ids, cfg.pad_id, cfg.eos_id)
-            cond = (~batch.uncond).float()
-            per_row = F.cross_entropy(
-                model.length_logits(enc, batch.prompt_mask).float(), target, reduction="none"
-            )
-            length = (per_row * cond).sum() / cond.sum().clamp_min(1)
-            loss = loss + self.length_weight * length
-            out["length"] = length
-        out["loss"] = loss
+        out = {
+            "noise": noise,
+            "decoder": decoder,
+            "ce": ce,
+            "loss": a * noise + b * decoder + c * ce,
+        }
         if with_accuracy:
             with torch.no_grad():
                 content = content_mask(batch.code_ids, cfg.pad_id, cfg.eos_id)
                 hits = (model.logits(h).argmax(-1) == batch.code_ids) & content
                 out["token_acc"] = hits.sum() / content.sum().clamp_min(1)
         return out
-
-    def diagnostics(
-        self, model: CodeFusionModel, batch: Batch, generator: torch.Generator
-    ) -> dict[str, float]:
-        """Where a model generates well or badly (:mod:`codefusion.diagnostics`), on a batch."""
-        from codefusion.diagnostics import model_diagnostics
-
-        return model_diagnostics(model, self.schedule, batch, generator=generator)

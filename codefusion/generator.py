@@ -128,7 +128,7 @@ def rank_candidates(
     else:
         ranked = sorted(best.items(), key=lambda kv: -kv[1])
     if syntax_rank is not None:
-        from codefusion.syntax import is_valid
+        from codefusion.languages import is_valid
 
         ranked.sort(key=lambda kv: not is_valid(kv[0], syntax_rank))  # stable: parse-first
     return [Candidate(code, score) for code, score in ranked[:k]]

@@ -43,8 +43,8 @@ What is maskable, per language (a span is always a run of characters of the sour
     a quote opens a string only at the start of an argument (after ``(`` or ``,``), so the
     apostrophe of a bare literal such as ``Men's`` does not hide the words after it.
 
-Both public functions accept any ``str`` as code and never raise on it; an unknown language
-is a :class:`ValueError`.
+The public functions accept any ``str`` as code and never raise on it. Which scanner a
+language uses is said once, in the language registry (:mod:`codefusion.languages`).
 """
 
 from __future__ import annotations
@@ -59,12 +59,13 @@ from typing import Any
 
 import bashlex
 
-__all__ = ["LANGUAGES", "MASK_TOKEN", "mask_code", "maskable_spans"]
+__all__ = ["MASK_TOKEN", "bash_spans", "cf_spans", "mask_code", "maskable_spans", "python_spans"]
 
 MASK_TOKEN = "<mask>"
 """The default token that replaces a masked span."""
 
 Span = tuple[int, int]
+Scanner = Callable[[str], list[Span]]  # code -> the spans of its maskable units
 
 # ---------------------------------------------------------------------------------- python
 
@@ -94,7 +95,7 @@ def _python_regex_spans(code: str, start: int = 0) -> list[Span]:
     ]
 
 
-def _python_spans(code: str) -> list[Span]:
+def python_spans(code: str) -> list[Span]:
     """NAME tokens of :mod:`tokenize`; the regex scan takes over where tokenize fails."""
     # tokenize reads lines as StringIO.readline returns them: split after each "\n" only.
     line_starts = [0]
@@ -180,7 +181,7 @@ def _bash_walk(node: Any, code: str, out: list[Span], depth: int) -> None:
                 _bash_walk(child, code, out, depth + 1)
 
 
-def _bash_spans(code: str) -> list[Span]:
+def bash_spans(code: str) -> list[Span]:
     """Plain words of a bashlex parse, or of the regex fallback when bashlex fails."""
     if not code.strip():
         return []
@@ -204,7 +205,7 @@ _CF_SCAN = re.compile(
 _CF_COLREF_AFTER = re.compile(r"\s*\[")
 
 
-def _cf_spans(code: str) -> list[Span]:
+def cf_spans(code: str) -> list[Span]:
     """Function names and bare literal words; not ``c`` of ``c[i]``, numbers or strings."""
     out = []
     for m in _CF_SCAN.finditer(code):
@@ -219,21 +220,6 @@ def _cf_spans(code: str) -> list[Span]:
 
 # ---------------------------------------------------------------------------------- public
 
-_SCANNERS: dict[str, Callable[[str], list[Span]]] = {
-    "python": _python_spans,
-    "bash": _bash_spans,
-    "cf": _cf_spans,
-}
-LANGUAGES: tuple[str, ...] = tuple(_SCANNERS)
-"""The languages :func:`maskable_spans` and :func:`mask_code` accept."""
-
-
-def _check_lang(lang: str) -> Callable[[str], list[Span]]:
-    scanner = _SCANNERS.get(lang) if isinstance(lang, str) else None
-    if scanner is None:
-        raise ValueError(f"unknown language {lang!r}: choose one of {', '.join(LANGUAGES)}")
-    return scanner
-
 
 def _clean(spans: list[Span], n: int) -> list[Span]:
     """Sorted, non-empty, in-bounds, non-overlapping spans (the earlier one wins an overlap)."""
@@ -244,15 +230,13 @@ def _clean(spans: list[Span], n: int) -> list[Span]:
     return out
 
 
-def maskable_spans(code: str, lang: str) -> list[tuple[int, int]]:
-    """Character spans ``(start, end)`` of the maskable units of ``code`` in ``lang``.
-
-    ``lang`` is ``"python"``, ``"bash"`` or ``"cf"`` (see the module docstring for what each
-    masks). The spans are sorted, non-empty, within ``0..len(code)`` and non-overlapping, and
-    ``code[start:end]`` is the unit's source text. Never raises on a ``str``; a non-``str``
-    ``code`` gives no spans. An unknown ``lang`` raises :class:`ValueError`.
+def maskable_spans(code: str, scanner: Scanner) -> list[tuple[int, int]]:
+    """Character spans ``(start, end)`` of the maskable units of ``code`` found by ``scanner``
+    (one of the ``*_spans`` functions above: the language registry, :mod:`codefusion.languages`,
+    names each language's). The spans are sorted, non-empty, within ``0..len(code)`` and
+    non-overlapping, and ``code[start:end]`` is the unit's source text. Never raises on a
+    ``str``; a non-``str`` ``code`` gives no spans.
     """
-    scanner = _check_lang(lang)
     if not isinstance(code, str) or not code:
         return []
     try:
@@ -264,7 +248,7 @@ def maskable_spans(code: str, lang: str) -> list[tuple[int, int]]:
 
 def mask_code(
     code: str,
-    lang: str,
+    scanner: Scanner,
     rate: float,
     rng: random.Random,
     mask_token: str = MASK_TOKEN,
@@ -279,13 +263,12 @@ def mask_code(
     separated only by whitespace (they are never merged). The text between spans is kept
     verbatim. The result depends only on the arguments and the state of ``rng``.
 
-    Raises :class:`ValueError` for an unknown ``lang`` or a ``rate`` outside ``[0, 1]``; never
-    raises on the content of ``code`` (an empty string is returned unchanged).
+    Raises :class:`ValueError` for a ``rate`` outside ``[0, 1]``; never raises on the content of
+    ``code`` (an empty string is returned unchanged).
     """
-    _check_lang(lang)
     if not isinstance(rate, (int, float)) or math.isnan(rate) or not 0.0 <= rate <= 1.0:
         raise ValueError(f"rate must be a number in [0, 1], got {rate!r}")
-    spans = maskable_spans(code, lang)
+    spans = maskable_spans(code, scanner)
     if not spans or rate == 0:
         return code
     chosen = [rng.random() < rate for _ in spans]

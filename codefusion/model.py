@@ -10,14 +10,13 @@
 
 Attention goes through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on
 GPU). Cross-attention keys/values depend only on E's output, so ``cross_kv`` computes them once
-and every denoising step reuses them (see codefusion/sampling).
+per prompt, and every draw of the prompt and every denoising step reuses them (see
+codefusion/sampling). Model FLOPs are counted in ``codefusion/flops.py``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +48,15 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,
         kv: KV | None = None,
-        mask: torch.Tensor | None = None,  # [B, 1, 1, S] bool, True = attend
+        mask: torch.Tensor | None = None,  # [B or rows of kv, 1, 1, S] bool, True = attend
     ) -> torch.Tensor:
         b, n, d = x.shape
         k, v = self.kv(x) if kv is None else kv
-        q = self.q(x).view(b, n, self.heads, -1).transpose(1, 2)
+        # Cross-attention K/V may hold one row per prompt while x holds every draw of it
+        # (b = prompts x draws, a prompt's draws consecutive): each query attends on its own,
+        # so a prompt's draws fold into one long query sequence and K/V are never repeated.
+        rows = k.shape[0]
+        q = self.q(x).view(rows, b // rows * n, self.heads, -1).transpose(1, 2)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
@@ -233,22 +236,10 @@ class CodeFusionModel(nn.Module):
         kv_dim = self.encoder.config.d_model
         self.denoiser = Denoiser(cfg, kv_dim)  # N
         self.decoder = Decoder(cfg, kv_dim)  # D
-        if cfg.tie_embeddings:
-            # L = E's token table through a projection; H = a scaled dot product with L's rows.
-            self.code_proj = nn.Linear(kv_dim, cfg.latent_dim, bias=False)  # L
-            self.head_scale = nn.Parameter(torch.tensor(1.0 / math.sqrt(cfg.latent_dim)))  # H
-            self.head_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-            self.head = self.code_embedding = None
-        else:
-            self.head = nn.Linear(cfg.latent_dim, cfg.vocab_size)  # H
-            self.code_embedding = nn.Embedding(cfg.vocab_size, cfg.latent_dim)  # L
-            std = cfg.embedding_init_std or cfg.latent_dim**-0.5
-            nn.init.normal_(self.code_embedding.weight, std=std)
-        # Length head on E(s): classes 0..code_len (the number of code tokens before </s>).
-        self.length_head = (
-            nn.Sequential(nn.Linear(kv_dim, kv_dim), nn.GELU(), nn.Linear(kv_dim, cfg.code_len + 1))
-            if cfg.length_head
-            else None
+        self.head = nn.Linear(cfg.latent_dim, cfg.vocab_size)  # H
+        self.code_embedding = nn.Embedding(cfg.vocab_size, cfg.latent_dim)  # L
+        nn.init.normal_(
+            self.code_embedding.weight, std=cfg.embedding_init_std or cfg.latent_dim**-0.5
         )
 
     @property
@@ -266,30 +257,16 @@ class CodeFusionModel(nn.Module):
         Normalising fixes the signal scale against the unit-variance noise: a free embedding
         can shrink towards zero, where every diffusion loss term becomes trivially small.
         """
-        if self.config.tie_embeddings:
-            e = self.code_proj(self.encoder.get_input_embeddings()(code_ids))
-        else:
-            e = self.code_embedding(code_ids)
+        e = self.code_embedding(code_ids)
         return F.normalize(e, dim=-1) * math.sqrt(e.shape[-1])
 
     def code_table(self) -> torch.Tensor:
-        """L of every token: [V, Dz] (what clamping and the tied head compare against)."""
-        ids = torch.arange(self.config.vocab_size, device=self.encoder.device)
-        return self.embed_code(ids)
-
-    def embedding_parameters(self) -> list[nn.Parameter]:
-        """L's own parameters (its table, or the projection of E's table when tied)."""
-        owner = self.code_proj if self.config.tie_embeddings else self.code_embedding
-        return list(owner.parameters())
-
-    def head_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """H as a linear map ``h @ weight.T + bias`` ([V, Dz], [V]), tied or not."""
-        if self.config.tie_embeddings:
-            return self.code_table() * self.head_scale, self.head_bias
-        return self.head.weight, self.head.bias
+        """L of every token: [V, Dz] (what clamping and the diagnostics compare against)."""
+        return self.embed_code(torch.arange(self.config.vocab_size, device=self.head.weight.device))
 
     def cross_kv(self, enc: torch.Tensor) -> tuple[list[KV], list[KV]]:
-        """Cross-attention keys/values of E's output for N and for D."""
+        """Cross-attention keys/values of E's output for N and for D: once per prompt (the
+        draws of a prompt share them, see :class:`Attention`)."""
         return self.denoiser.cross_kv(enc), self.decoder.cross_kv(enc)
 
     def denoise(
@@ -300,7 +277,7 @@ class CodeFusionModel(nn.Module):
         cross_mask: torch.Tensor | None,
         x0_prev: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """N(x_t, t, E(s) [, previous x0_hat]) -> x0_hat."""
+        """N(x_t, t, E(s) [, previous x0_hat]) -> x0_hat (or eps_hat, see ``prediction``)."""
         return self.denoiser(x_t, t, kv, cross_mask, x0_prev)
 
     def decode(
@@ -311,111 +288,19 @@ class CodeFusionModel(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """H: [B, C, Dz] -> [B, C, V]."""
-        if self.head is not None:
-            return self.head(h)
-        weight, bias = self.head_weight_bias()
-        return F.linear(h, weight, bias)
-
-    def length_logits(self, enc: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-        """Length head on the masked mean of E(s): [B, S, De], [B, S] -> [B, code_len + 1]."""
-        m = prompt_mask.to(enc.dtype).unsqueeze(-1)
-        pooled = (enc * m).sum(1) / m.sum(1).clamp_min(1)
-        return self.length_head(pooled)
+        return self.head(h)
 
     def parameter_counts(self) -> dict[str, int]:
         parts = {
             "encoder E": self.encoder,
             "denoiser N": self.denoiser,
             "decoder D": self.decoder,
+            "head H": self.head,
+            "embedding L": self.code_embedding,
         }
-        if self.config.tie_embeddings:  # H: a scale and a bias; L: a projection of E's table
-            counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
-            counts["head H"] = self.head_scale.numel() + self.head_bias.numel()
-            counts["embedding L"] = self.code_proj.weight.numel()
-            if self.length_head is not None:
-                counts["length head"] = sum(p.numel() for p in self.length_head.parameters())
-            counts["total"] = sum(counts.values())
-            return counts
-        parts["head H"] = self.head
-        parts["embedding L"] = self.code_embedding
-        if self.length_head is not None:
-            parts["length head"] = self.length_head
         counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
         counts["total"] = sum(counts.values())
         return counts
-
-    # --- FLOPs (as nanoGPT's estimate_mfu) -----------------------------------------------------
-    def estimate_flops(
-        self, batch_size: int, prompt_len: int, self_cond_prob: float = 0.5
-    ) -> dict[str, Any]:
-        """Model FLOPs of one training step on ``batch_size`` rows of ``prompt_len`` prompt
-        tokens and a full canvas, analytic (checked against ``torch.utils.flop_counter``).
-
-        Forward: 2 x (weights of every nn.Linear) x (tokens that linear sees: prompt tokens for
-        E and the cross-attention K/V projections, code tokens for the rest, one row per example
-        for the timestep MLPs), plus the attention matmuls (QK^T and AV: 4 x B x Sq x Sk x width
-        per layer). A training step (forward + backward) is 3 x forward. Returns ``forward``,
-        ``train_step`` and the linear weights per prompt token, code token and example."""
-        cfg = self.config
-        b, s, c = batch_size, prompt_len, cfg.code_len
-
-        def linear_weights(module: nn.Module, keep: Callable[[str], bool] = lambda n: True) -> int:
-            return sum(
-                m.weight.numel()
-                for n, m in module.named_modules()
-                if isinstance(m, nn.Linear) and keep(n)
-            )
-
-        def kv(n: str) -> bool:
-            return n.endswith("cross_attn.kv_proj")
-
-        def timestep(n: str) -> bool:
-            return n.startswith(("time_mlp", "time_mod"))
-
-        stacks = (self.denoiser, self.decoder)
-        per_prompt_token = linear_weights(self.encoder) + sum(linear_weights(m, kv) for m in stacks)
-        per_example = linear_weights(self.denoiser, timestep)
-        # H: a [V, Dz] matmul per code token, tied or not (the tied table's own projection,
-        # V x De x Dz once per step, is left out: it does not grow with the batch).
-        head = cfg.vocab_size * cfg.latent_dim
-        per_code_token = head + sum(
-            linear_weights(m, lambda n: not kv(n) and not timestep(n)) for m in stacks
-        )
-        matmul = 2 * (per_prompt_token * b * s + per_code_token * b * c + per_example * b)
-        enc = self.encoder.config
-        d = cfg.hidden_dim
-        attention = 4 * b * s * s * enc.num_heads * enc.d_kv * enc.num_layers + (
-            cfg.denoiser_layers + cfg.decoder_layers
-        ) * (4 * b * c * c * d + 4 * b * c * s * d)
-        forward = matmul + attention
-        # Self-conditioning's first pass through N alone (forward only, K/V reused).
-        n_code = linear_weights(self.denoiser, lambda n: not kv(n) and not timestep(n))
-        first_pass = 2 * (n_code * b * c + per_example * b) + cfg.denoiser_layers * (
-            4 * b * c * c * d + 4 * b * c * s * d
-        )
-        extra = self_cond_prob * first_pass if cfg.self_condition else 0.0
-        return {
-            "forward": float(forward),
-            "train_step": float(3 * forward + extra),
-            "matmul_weights": {
-                "per_prompt_token": per_prompt_token,
-                "per_code_token": per_code_token,
-                "per_example": per_example,
-            },
-        }
-
-    def estimate_mfu(
-        self,
-        batch_size: int,
-        prompt_len: int,
-        step_s: float,
-        peak_flops: float,
-        self_cond_prob: float = 0.5,
-    ) -> float:
-        """Model FLOPs utilisation of a training step that took ``step_s`` seconds, against a
-        device's peak FLOP/s (an H100 SXM's bf16 dense peak is 989e12)."""
-        flops = self.estimate_flops(batch_size, prompt_len, self_cond_prob)["train_step"]
-        return flops / step_s / peak_flops
 
 
 def attention_mask(mask: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,7 @@
 
 A :class:`~codefusion.generator.Generator` whose draw step is the diffusion sampler
 (:mod:`codefusion.sampling`) and whose options are :class:`~codefusion.sampling.SamplingOptions`
-(``steps``, ``eta``, ``clamp``, ``fast``, ``cache_cross_kv``, ``length``,
-``length_candidates``, ``guidance``, ``guidance_self_condition``). Its model directory's
+(``steps``, ``eta``, ``clamp``, ``guidance``, ``fast``, ``cache_cross_kv``). Its model directory's
 ``config.json`` is a ``CodeFusionConfig``.
 
 Beyond generation, the same model and sampler serve two requests an autoregressive model
@@ -33,8 +32,7 @@ from codefusion.errors import GenerationError, ModelLoadError
 from codefusion.generator import Candidate, Generator, check_prompts, rank_candidates
 from codefusion.infill import DEFAULT_MAX_FILL, InfillPlan, Layout, fill_ids, parse_template
 from codefusion.model import CodeFusionModel, attention_mask
-from codefusion.sampling import LENGTH_MODES, Known, SampleOutput, SamplingOptions, sample
-from codefusion.sampling.ddim import GUIDED_SELF_CONDITION
+from codefusion.sampling import Known, SampleOutput, SamplingOptions, sample
 from codefusion.schedule import SqrtSchedule
 from codefusion.tokenizer import CodeTokenizer
 
@@ -43,7 +41,6 @@ __all__ = [
     "CodeFusion",
     "InfillCandidate",
     "build_model",
-    "length_known",
     "rank_candidates",
 ]
 
@@ -53,14 +50,6 @@ class InfillCandidate(Candidate):
     """An infilled program, its score, and the text of each hole (spaces kept)."""
 
     fills: tuple[str, ...] = ()
-
-
-def length_known(lengths: torch.Tensor, code_len: int, eos_id: int, pad_id: int) -> Known:
-    """Given positions for draws of fixed lengths [N]: ``</s>`` at the length, pad after it."""
-    pos = torch.arange(code_len, device=lengths.device)[None]  # [1, C]
-    ln = lengths[:, None]
-    tokens = torch.where(pos == ln, eos_id, pad_id).long()
-    return Known(mask=pos >= ln, tokens=tokens)
 
 
 def build_model(
@@ -97,7 +86,7 @@ class CodeFusion(Generator):
     def __init__(self, model: CodeFusionModel, tokenizer: CodeTokenizer) -> None:
         super().__init__(model, tokenizer)
         cfg = model.config
-        self.schedule = SqrtSchedule(cfg.diffusion_steps, cfg.schedule_offset).to(self.device)
+        self.schedule = SqrtSchedule(cfg.diffusion_steps).to(self.device)
 
     @classmethod
     def from_preset(
@@ -132,29 +121,17 @@ class CodeFusion(Generator):
         t = self.config.diffusion_steps
         if options.steps is not None and not 1 <= options.steps <= t:
             raise GenerationError(f"steps must be between 1 and {t}, got {options.steps}")
-        if options.length is not None and options.length not in LENGTH_MODES:
-            raise GenerationError(
-                f"length must be one of {', '.join(LENGTH_MODES)}, not {options.length!r}"
-            )
-        if options.length == "predicted" and self.model.length_head is None:
-            raise GenerationError("length='predicted' needs a model trained with a length head")
-        if options.length_candidates < 1:
-            raise GenerationError(
-                f"length_candidates must be at least 1, got {options.length_candidates}"
-            )
+        for name, lo, hi, closed in (("eta", 0, 1, True), ("strength", 0, 1, False)):
+            v = getattr(options, name)
+            if v is None and name == "strength":
+                continue
+            ok = isinstance(v, int | float) and not isinstance(v, bool)
+            if not ok or not (lo <= v <= hi if closed else lo < v <= hi):
+                where = f"[{lo}, {hi}]" if closed else f"({lo}, {hi}]"
+                raise GenerationError(f"{name} must lie in {where}, got {v!r}")
         w = options.guidance
         if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
             raise GenerationError(f"guidance must be a finite number, got {w!r}")
-        if options.guidance_self_condition not in GUIDED_SELF_CONDITION:
-            raise GenerationError(
-                "guidance_self_condition must be one of "
-                f"{', '.join(GUIDED_SELF_CONDITION)}, not {options.guidance_self_condition!r}"
-            )
-        s = options.strength
-        if s is not None and (
-            isinstance(s, bool) or not isinstance(s, int | float) or not 0 < s <= 1
-        ):
-            raise GenerationError(f"strength must lie in (0, 1], got {s!r}")
 
     @torch.no_grad()
     def sample_draws(
@@ -185,51 +162,28 @@ class CodeFusion(Generator):
         known: Known | None = None,
         start: torch.Tensor | None = None,
     ) -> SampleOutput:
-        """The draw step: E(s) once per call, the given end positions of
-        ``length="predicted"`` (draw ``j`` of a prompt gets the ``(j mod length_candidates)``-th
-        most likely length of the length head; the positions from it on are ``</s>`` then pad),
-        then the sampler (:func:`codefusion.sampling.sample`). ``known``: given positions of
-        every draw ([P * num_draws, C]: infilling); ``start``: canvas ids [P, C] of code to edit
+        """The draw step: E(s) once per prompt (its draws share it and its K/V), then the
+        sampler (:func:`codefusion.sampling.sample`). ``known``: given positions of every draw
+        ([P * num_draws, C]: infilling); ``start``: canvas ids [P, C] of code to edit
         (``options.strength``)."""
-        cfg, dev = self.config, self.device
+        dev = self.device
         if (start is None) != (options.strength is None):
             raise GenerationError(
                 "strength is the option of an edit: use edit(code, prompt, strength=...)"
             )
-        length = options.length
-        if known is not None or start is not None:
-            if length == "predicted":
-                raise GenerationError(
-                    "length='predicted' applies to generate only: an infill template fixes "
-                    "its end, an edit starts from its input"
-                )
-            length = "free"
-        if length is None:
-            length = "free" if self.model.length_head is None else "predicted"
-        enc = self.model.encode(ids.to(dev), mask.to(dev))  # once per call, not per draw
+        enc = self.model.encode(ids.to(dev), mask.to(dev))
         if known is not None:
-            known = Known(
-                known.mask.to(dev),
-                known.tokens.to(dev),
-                None if known.no_stop is None else known.no_stop.to(dev),
-            )
+            known = known.to(dev)
         if start is not None:
             start = start.to(dev).repeat_interleave(num_draws, dim=0)
-        if length == "predicted":
-            lengths = self.draw_lengths(enc, mask.to(dev), num_draws, options.length_candidates)
-            known = length_known(lengths, cfg.code_len, cfg.eos_id, cfg.pad_id)
-        enc = enc.repeat_interleave(num_draws, dim=0)
         # No mask at all when no prompt position is padding (one prompt, or prompts of one
         # length): SDPA can then take its flash kernel. Decided on the host copy: no sync.
-        cross_mask = (
-            None
-            if bool(mask.all())
-            else attention_mask(mask.to(dev)).repeat_interleave(num_draws, dim=0)
-        )
+        cross_mask = None if bool(mask.all()) else attention_mask(mask.to(dev))
         gen = torch.Generator(device=dev).manual_seed(seed)
         return sample(
-            self.model, self.schedule, enc, cross_mask, gen, options, known, trace_at, start
-        )
+            self.model, self.schedule, enc, cross_mask, num_draws, gen, options, known, trace_at,
+            start,
+        )  # fmt: skip
 
     # --- infilling ---------------------------------------------------------------------------
     def infill_plan(self, template: str, max_fill: int = DEFAULT_MAX_FILL) -> InfillPlan:
@@ -386,14 +340,3 @@ class CodeFusion(Generator):
             for i in range(len(codes) // n)
         ]
         return results[0] if single else results
-
-    def draw_lengths(
-        self, enc: torch.Tensor, mask: torch.Tensor, num_draws: int, candidates: int
-    ) -> torch.Tensor:
-        """[P * num_draws] code lengths: the length head's top ``candidates`` (1..C-1 tokens,
-        most likely first), repeated over each prompt's draws."""
-        c = self.config.code_len
-        logits = self.model.length_logits(enc, mask)[:, 1:c]  # lengths 1..C-1 leave room for </s>
-        top = logits.topk(min(candidates, c - 1), dim=-1).indices + 1  # [P, m]
-        pick = torch.arange(num_draws, device=top.device) % top.shape[1]
-        return top[:, pick].flatten()

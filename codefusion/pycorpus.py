@@ -78,9 +78,3 @@ def build_python_corpus(
 def write_corpus(snippets: list[str], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(s + "\n" for s in snippets), encoding="utf-8")
-
-
-def read_corpus(path: Path) -> list[str]:
-    from codefusion.data import iter_snippet_file
-
-    return list(iter_snippet_file(Path(path)))

@@ -1,6 +1,6 @@
 """The noise schedule: square-root alpha-bar (Diffusion-LM, GENIE), forward noising q(x_t | x_0).
 
-``alpha_bar(u) = 1 - sqrt(u + s)`` for ``u = t / T``; as in Diffusion-LM's code the discrete
+``alpha_bar(u) = 1 - sqrt(u + s)`` for ``u = t / T`` and s = 1e-4 (GENIE's); as in Diffusion-LM's code the discrete
 betas come from ratios of consecutive alpha-bars, capped at 0.999 (the raw formula is negative
 at u = 1). Index ``t = 0`` is the least noisy step, ``t = T - 1`` the noisiest.
 """

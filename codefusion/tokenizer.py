@@ -40,6 +40,17 @@ def up_to_first_stop(
     return (seen - is_stop) == 0 if inclusive else seen == 0
 
 
+def prompt_bucket(prompt_len: int, max_prompt_len: int) -> int:
+    """The width prompts of ``prompt_len`` tokens are padded to where shapes must stay fixed (a
+    compiled training step, the sampler's CUDA graphs): the next power of two (at least 8), at
+    most ``max(max_prompt_len, prompt_len)``. A few compiled graphs cover every length, and a
+    prompt whose length is a bucket needs no mask."""
+    bucket = 8
+    while bucket < prompt_len:
+        bucket *= 2
+    return min(bucket, max(max_prompt_len, prompt_len))
+
+
 class TokenizerError(UserError):
     """A tokenizer cannot be built or loaded, or lacks a token the model needs."""
 
@@ -123,15 +134,18 @@ class CodeTokenizer:
         return self.hf(text, add_special_tokens=False)["input_ids"]
 
     def encode_prompts(
-        self, prompts: Sequence[str], max_len: int
+        self, prompts: Sequence[str], max_len: int, bucket: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
-        """Prompts -> (ids [B, S], mask [B, S], truncated flags); each ends with </s>."""
+        """Prompts -> (ids [B, S], mask [B, S], truncated flags); each ends with </s>. S is the
+        longest prompt's length, or with ``bucket`` its :func:`prompt_bucket`."""
         rows, truncated = [], []
         for p in prompts:
             ids = self.ids(p)
             truncated.append(len(ids) > max_len - 1)
             rows.append(ids[: max_len - 1] + [self.eos_id])
         width = max(len(r) for r in rows)
+        if bucket:
+            width = prompt_bucket(width, max_len)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
@@ -173,9 +187,10 @@ def tokenizer_corpus(
 
     Test splits are never read.
     """
-    from codefusion.data import BENCHMARKS, load_benchmark, load_snippets
+    from codefusion.data import load_benchmark, load_snippets
+    from codefusion.languages import NAMES
 
-    for lang in BENCHMARKS if languages is None else languages:
+    for lang in NAMES if languages is None else languages:
         examples, _ = load_benchmark(lang, "train", data_dir)
         for ex in examples:
             yield ex.code
@@ -186,10 +201,11 @@ def tokenizer_corpus(
 
 def truncation_report(tok: CodeTokenizer, data_dir=None, length: int = 128) -> dict[str, float]:
     """Share of test code longer than ``length`` tokens (end token included), per benchmark."""
-    from codefusion.data import BENCHMARKS, load_benchmark
+    from codefusion.data import load_benchmark
+    from codefusion.languages import NAMES
 
     report = {}
-    for lang in BENCHMARKS:
+    for lang in NAMES:
         examples, _ = load_benchmark(lang, "test", data_dir)
         _, truncated = tok.encode_code([e.code for e in examples], length)
         report[lang] = sum(truncated) / max(1, len(truncated))

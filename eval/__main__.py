@@ -13,7 +13,7 @@ from codefusion.errors import UserError
 
 if TYPE_CHECKING:
     from codefusion.data import Example
-    from eval.harness import Nl2BashSubset
+    from codefusion.scoring.evaluate import Nl2BashSubset
 
 
 DIAGNOSE_STEPS = 100  # `diagnose`'s sampling steps for a diffusion model
@@ -32,24 +32,12 @@ def _run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = load_generator(args.model, device=device)
     examples = _examples(args)
-    given = {
-        "num_draws": args.draws,
-        "steps": args.steps,
-        "clamp": args.clamp,
-        "syntax_rank": args.syntax_rank,
-        "rank": args.rank,
-        "length": args.length,
-        "length_candidates": args.length_candidates,
-        "mode": args.mode,
-        "guidance": args.guidance,
-    }
-    # `is`, not `in`: guidance 0.0 == False is a value given.
-    options = {k: v for k, v in given.items() if v is not None and v is not False}
     # Only the flags given reach the generator: another model's option is its one-line error,
     # raised here before anything is generated.
-    gen.options(
-        **{k: v for k, v in options.items() if k not in ("num_draws", "syntax_rank", "rank")}
-    )
+    own = _own_options(args)
+    gen.options(**own)
+    given = {"num_draws": args.draws, "syntax_rank": args.syntax_rank, "rank": args.rank}
+    options = {**{k: v for k, v in given.items() if v is not None}, **own}
     out = Path(args.out or f"results/{args.system or Path(args.model).name}/{args.benchmark}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation warnings per prompt would flood the bar
@@ -64,6 +52,7 @@ def _run(args: argparse.Namespace) -> int:
             codebertscore=args.codebertscore,
             seed=args.seed,
             nl2bash=nl2bash,
+            split=args.split,
             **options,
         )
     print((out / "table.md").read_text())
@@ -71,18 +60,35 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _own_options(args: argparse.Namespace) -> dict:
+    """The generation options the command line gave (either model's: see codefusion.options)."""
+    from codefusion.baseline import DecodingOptions
+    from codefusion.options import given_options
+    from codefusion.sampling.options import SamplingOptions
+
+    return given_options(args, SamplingOptions, DecodingOptions)
+
+
+def _add_option_flags(p: argparse.ArgumentParser) -> None:
+    """Both models' generation options as flags, derived from their dataclasses."""
+    from codefusion.baseline import DecodingOptions
+    from codefusion.options import add_option_flags
+    from codefusion.sampling.options import SamplingOptions
+
+    add_option_flags(p, SamplingOptions, prefix="CodeFusion: ")
+    add_option_flags(p, DecodingOptions, prefix="baseline: ")
+
+
 def _examples(args: argparse.Namespace) -> list:
     """The test split, or the held-out share of the train split that training validated on."""
-    from codefusion.data import load_benchmark
+    from codefusion.data import holdout_examples, load_benchmark
 
     if args.split == "test":
         examples = load_benchmark(args.benchmark, "test", args.data)[0]
     else:
-        from train.data import holdout_examples
-
         train = load_benchmark(args.benchmark, "train", args.data)[0]
         examples = holdout_examples(
-            train, args.holdout_fraction, args.holdout_seed, args.holdout_by, args.benchmark
+            train, args.holdout_fraction, args.holdout_seed, args.benchmark
         )[1]
     return examples[: args.limit] if args.limit else examples
 
@@ -93,14 +99,14 @@ def _diagnose(args: argparse.Namespace) -> int:
     import torch
 
     from codefusion.auto import load_generator
+    from codefusion.diagnostics import model_diagnostics_on
     from codefusion.pipeline import CodeFusion
-    from eval.diagnose import generation_diagnostics, model_diagnostics_on
+    from codefusion.scoring.evaluate import generation_diagnostics
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = load_generator(args.model, device=device)
     examples = _examples(args)
-    own = {"steps": args.steps, "length": args.length}
-    own = {k: v for k, v in own.items() if v is not None}
+    own = _own_options(args)
     if args.steps is None and gen.takes("steps"):
         own["steps"] = DIAGNOSE_STEPS
     gen.options(**own)
@@ -128,7 +134,6 @@ def _add_split_args(r: argparse.ArgumentParser, split: bool = True) -> None:
         "--holdout-fraction", type=float, default=0.1, help="held-out share (as in training)"
     )
     r.add_argument("--holdout-seed", type=int, default=0, help="the training run's seed")
-    r.add_argument("--holdout-by", choices=["code", "row"], default="code")
 
 
 def _steps_curve(args: argparse.Namespace) -> int:
@@ -139,7 +144,7 @@ def _steps_curve(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = load_generator(args.model, device=device)
-    options = {k: v for k, v in {"num_draws": args.draws, "length": args.length}.items() if v}
+    options = {"num_draws": args.draws} if args.draws else {}
     rows = steps_curve(
         gen, _examples(args), args.benchmark, args.steps, Path(args.out), args.seed, **options
     )
@@ -232,7 +237,7 @@ def _guidance(args: argparse.Namespace) -> int:
 
 def _nl2bash_subset(args: argparse.Namespace) -> Nl2BashSubset:
     """The items of Bash's NL2Bash-comparable figure; says so when the figure is omitted."""
-    from eval.harness import find_nl2bash_subset
+    from codefusion.scoring.evaluate import find_nl2bash_subset
 
     subset = find_nl2bash_subset(args.data, args.nl2bash_defined)
     if subset.ids is None:
@@ -245,21 +250,29 @@ def _print_summary(m: dict, out: Path) -> None:
     nb = m.get("nl2bash_comparable") or {}
     if "top1" in nb:
         line += f"  (NL2Bash-comparable: top-1 {nb['top1']:.1f}  top-5 {nb['top5']:.1f})"
+    for name, fig in (m.get("figures") or {}).items():
+        line += f"  ({name.replace('_', '-')}: top-1 {fig['top1']:.1f}  top-5 {fig['top5']:.1f})"
     print(f"{line}  ({m['n']} items) -> {out}")
 
 
 def _rescore(args: argparse.Namespace) -> int:
-    from codefusion.data import load_benchmark
+    from codefusion.data import holdout_examples, load_benchmark
     from eval.harness import rescore
     from eval.tables import result_dirs
 
-    splits: dict[str, list[Example]] = {}
+    splits: dict[str, dict[str, list[Example]]] = {}
     # A list asked for explicitly must exist, whatever the folders hold.
     nl2bash = _nl2bash_subset(args) if args.nl2bash_defined else None
     for d in result_dirs([Path(x) for x in args.results], "predictions.jsonl"):
         lang = _benchmark_of(d)
         if lang not in splits:
-            splits[lang] = load_benchmark(lang, "test", args.data)[0]
+            train = load_benchmark(lang, "train", args.data)[0]
+            splits[lang] = {
+                "test": load_benchmark(lang, "test", args.data)[0],
+                "heldout": holdout_examples(
+                    train, args.holdout_fraction, args.holdout_seed, lang
+                )[1],
+            }
             if lang == "bash" and nl2bash is None:
                 nl2bash = _nl2bash_subset(args)
         m = rescore(d, splits[lang], nl2bash if lang == "bash" else None)
@@ -315,30 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--system", help="system name in the tables (default: the run's name)")
     r.add_argument("--k", type=int, default=5)
     r.add_argument("--draws", type=int, help="draws per prompt (default 2k; beam search: k beams)")
-    r.add_argument("--steps", type=int, help="CodeFusion: denoising steps (default all T)")
-    r.add_argument("--clamp", action="store_true", help="clamping trick (CodeFusion)")
+    _add_option_flags(r)
     r.add_argument("--syntax-rank", choices=["python", "bash", "cf"], help="parse-first ranking")
     r.add_argument(
         "--rank",
         choices=["score", "votes"],
         help="order candidates by the model's score (default) or by how many draws agree",
-    )
-    r.add_argument(
-        "--mode", choices=["beam", "sample"], help="autoregressive baseline: beam or sampling"
-    )
-    r.add_argument(
-        "--length",
-        choices=["free", "predicted"],
-        help="CodeFusion: end position from the length head (predicted) or left to N (free)",
-    )
-    r.add_argument(
-        "--length-candidates", type=int, help="predicted lengths: how many top lengths to draw"
-    )
-    r.add_argument(
-        "--guidance",
-        type=float,
-        help="CodeFusion: classifier-free guidance scale w (default 1: none; needs a model "
-        "fine-tuned with prompt_dropout)",
     )
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--limit", type=int, help="only the first N test items (smoke runs)")
@@ -359,10 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     dg.add_argument("--benchmark", required=True, choices=["cf", "bash", "python"])
     dg.add_argument("--data", help="benchmark data folder (default: $CODEFUSION_DATA)")
     dg.add_argument("--draws", type=int, help="noise draws per prompt (default 2k)")
-    dg.add_argument(
-        "--steps", type=int, help=f"CodeFusion: denoising steps (default {DIAGNOSE_STEPS})"
-    )
-    dg.add_argument("--length", choices=["free", "predicted"], help="CodeFusion: see run")
+    _add_option_flags(dg)  # CodeFusion's --steps defaults to DIAGNOSE_STEPS here
     dg.add_argument("--seed", type=int, default=0)
     dg.add_argument("--limit", type=int, help="only the first N items")
     dg.add_argument("--device", help="cpu or cuda")
@@ -442,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     s.add_argument("--data", help="benchmark data folder (default: $CODEFUSION_DATA)")
     s.add_argument("--nl2bash-defined", metavar="FILE", help=_NL2BASH_HELP)
+    _add_split_args(s, split=False)  # held-out folders: how that share was drawn
     s.set_defaults(func=_rescore)
     sc = sub.add_parser(
         "steps-curve", help="quality against the number of sampling steps, for one model"
@@ -453,7 +446,6 @@ def main(argv: list[str] | None = None) -> int:
         "--steps", type=int, nargs="+", default=[1, 2, 5, 10, 25, 50, 100, 200, 400, 1200]
     )
     sc.add_argument("--draws", type=int, help="noise draws per prompt (default 2k)")
-    sc.add_argument("--length", choices=["free", "predicted"])
     sc.add_argument("--seed", type=int, default=0)
     sc.add_argument("--limit", type=int, help="only the first N items")
     sc.add_argument("--device", help="cpu or cuda")

@@ -21,6 +21,9 @@ null`` from the base), so the table reads as "one change added on top of the pre
         reuse_model: true                    # no training: the parent row's model, new options
         generate: {rank: votes}
 
+A row with ``retired: COMMIT`` used an option removed since (the commit has it): its saved
+results are tabulated, nothing is trained or run for it.
+
 For every row: train (skipped when ``<out>/<name>/model`` exists), then score the held-out share
 of the train split (settings are chosen on it) and the test split, each once, with the same
 seed and options. Results: ``<out>/<name>/{heldout,test}/`` (predictions, metrics, table) and
@@ -77,6 +80,8 @@ def resolve_rows(plan: dict[str, Any]) -> list[dict[str, Any]]:
         sets += list(row.get("set") or [])
         gen = {**base["generate"], **(row.get("generate") or {})}
         full = {"name": row["name"], "label": row.get("label", row["name"]), "set": sets}
+        if row.get("retired"):
+            full["retired"] = str(row["retired"])
         full["generate"] = gen
         full["model_of"] = row["name"]
         if row.get("reuse_model"):
@@ -111,7 +116,7 @@ def run_plan(
     bench, ev = plan["benchmark"], dict(plan.get("eval") or {})
     out.mkdir(parents=True, exist_ok=True)
     for row in rows:
-        if only and row["name"] not in only:
+        if (only and row["name"] not in only) or row.get("retired"):
             continue
         run_name = f"{plan.get('prefix', 'ablation')}-{row['model_of']}"
         model = Path("runs") / run_name / "model"
@@ -167,8 +172,11 @@ def ablation_table(out: Path, rows: list[dict[str, Any]]) -> str:
             v = m["diversity"]["unique@k"] if key == "unique" else m.get(key)
             return "–" if v is None else f"{v:.{digits}f}"
 
+        label = row["label"] + (
+            f" (retired: ran at {row['retired']})" if row.get("retired") else ""
+        )
         lines.append(
-            f"| {row['name']} | {row['label']} | {f(t, 'top1')} | {f(t, 'top3')} | {f(t, 'top5')} "
+            f"| {row['name']} | {label} | {f(t, 'top1')} | {f(t, 'top3')} | {f(t, 'top5')} "
             f"| {f(t, 'valid_top1')} | {f(t, 'length_acc')} | {f(t, 'unique', 2)} "
             f"| {f(h, 'top5')} | {f(h, 'valid_top1')} | {f(h, 'length_acc')} |"
         )

@@ -38,7 +38,7 @@ from typing import Any
 
 from codefusion.data import Example
 from codefusion.errors import UserError
-from eval.scoring import SCORING
+from codefusion.languages import language
 
 KINDS = ("paren", "name", "number")
 
@@ -209,7 +209,7 @@ def repair_items(
             bad = corrupt(ex.code, kind, benchmark, indices[i])
             if bad is None:
                 left[kind]["not applicable"] += 1
-            elif SCORING[benchmark].correct(bad, ex)[0]:
+            elif language(benchmark).correct(bad, ex.code, ex.data)[0]:
                 left[kind]["accepted by the metric"] += 1
             elif not fits(bad):
                 left[kind]["longer than the canvas"] += 1
@@ -238,7 +238,7 @@ def repair_eval(
     full split (a subsample; they seed the corruptions and are written with the records)."""
     from tqdm import tqdm
 
-    scoring = SCORING[benchmark]
+    scoring = language(benchmark)
     c = cf.config.code_len
     items, left = repair_items(
         examples, benchmark, kinds, lambda code: len(cf.tokenizer.ids(code)) + 1 <= c, indices
@@ -271,7 +271,7 @@ def repair_eval(
                     bar.update(len(chunk))
                 hit1 = hitk = same = 0
                 for (i, bad), ex, cand in zip(todo, ex_of, cands, strict=True):
-                    ok = [scoring.correct(x.code, ex)[0] for x in cand]
+                    ok = [scoring.correct(x.code, ex.code, ex.data)[0] for x in cand]
                     unchanged = _same(cand[0].code, bad, benchmark)
                     hit1 += ok[0]
                     hitk += any(ok)
@@ -385,7 +385,7 @@ def guidance_sweep(
                 warnings.simplefilter("ignore")
                 results[split][w] = run_eval(
                     gen, benchmark, examples_of(split), d, f"w = {w:g}", guidance=float(w),
-                    **options,
+                    split=split, **options,
                 )  # fmt: skip
     held = results.get("heldout", {})
     chosen = None

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from codefusion.errors import UserError
-from eval.harness import nl2bash_beside_paper_note, nl2bash_metric
-from eval.paper import BESIDE_PAPER, PAPER_TOPK
+from codefusion.scoring.paper import BESIDE_PAPER, PAPER_TOPK
+from eval.harness import figure_label, figures_note, nl2bash_beside_paper_note, nl2bash_metric
 
 
 def result_dirs(dirs: list[Path], needs: str = "metrics.json") -> list[Path]:
@@ -62,8 +62,15 @@ def combined_markdown(results: list[dict[str, Any]]) -> str:
                     f"| {b} | {r['system']} (NL2Bash-comparable) | {nl2bash_metric(nb, r['n'])} "
                     f"| {fmt(nb['top1'])} | {fmt(nb['top3'])} | {fmt(nb['top5'])} | | | | |"
                 )
+            for name, fig in (r.get("figures") or {}).items():
+                out.append(
+                    f"| {b} | {r['system']} ({figure_label(name, b)}) | {fig['metric']} "
+                    f"| {fmt(fig['top1'])} | {fmt(fig['top3'])} | {fmt(fig['top5'])} | | | | |"
+                )
         if rows and BESIDE_PAPER.get(b) == "nl2bash_comparable":
             notes.append(nl2bash_beside_paper_note(rows))
+        if any(r.get("figures") for r in rows):
+            notes.append(figures_note({}))
         if rows:
             paper = PAPER_TOPK[b]
             for name, p in paper.items():

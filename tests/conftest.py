@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-# The fixture data live in tests/fixtures.py, shared with the smoke check (bench/smoke.py),
+# The fixture data live in bench/fixtures.py, shared with the smoke check (bench/smoke.py),
 # which cannot import a conftest (pytest may not be installed where it runs).
-from tests.fixtures import CF_CODES, CF_PROMPTS, write_fixture_data  # noqa: F401
+from bench.fixtures import CF_CODES, CF_PROMPTS, write_fixture_data  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 

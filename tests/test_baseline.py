@@ -9,13 +9,13 @@ import warnings
 import pytest
 import torch
 
+from bench.fixtures import CF_CODES, CF_PROMPTS
 from codefusion.auto import load_generator
 from codefusion.baseline import AR_PRESETS, ARBaseline, baseline_config
 from codefusion.cli import main as cli
 from codefusion.config import PRESETS, ConfigError
 from codefusion.errors import GenerationError, ModelLoadError
 from codefusion.pipeline import CodeFusion
-from tests.conftest import CF_CODES, CF_PROMPTS
 from train.__main__ import main as train_main
 from train.module import TrainingModule
 from train.objectives import Seq2SeqObjective, build_objective, labels_from_canvas
@@ -200,7 +200,7 @@ def test_labels_cut_after_the_end_token():
 
 def test_loss_falls_on_a_synthetic_task(ar, tiny_tokenizer):
     """Copy task (prompt names a CF rule, target is that rule): 60 plain AdamW steps."""
-    from codefusion.diffusion import Batch
+    from codefusion.batch import Batch
 
     ids, mask, _ = tiny_tokenizer.encode_prompts(CF_PROMPTS, 24)
     code, _ = tiny_tokenizer.encode_code(CF_CODES, 12)
@@ -292,7 +292,7 @@ def test_a_config_and_its_baseline_have_equal_sizes(tiny_tokenizer, tmp_path):
 def test_training_flops_count_every_weight(ar):
     """estimate_flops (the MFU of bench/reproduce.py's baseline runs): 2 x weights x tokens
     for each Linear, the tied head included, plus attention; a training step is 3 forwards."""
-    from codefusion.baseline import estimate_flops
+    from codefusion.flops import t5_flops as estimate_flops
 
     model = ar.model
     cfg = model.config

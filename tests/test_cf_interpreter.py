@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codefusion.cfrules import CFError, Pred, Text, canonical, is_valid, parse
-from eval.metrics.cf_interpreter import CFExecError, execute
+from codefusion.scoring.metrics.cf_interpreter import CFExecError, execute
 
 # ------------------------------------------------------------------------------ tiny tables
 

@@ -38,7 +38,7 @@ def test_unparseable_cf_rule_is_skipped_in_train(tmp_path):
     ]
     (bench / "CFRuleBenchmarks.json").write_text(json.dumps({"train": rows, "test": rows}))
     examples, report = load_benchmark("cf", "train", tmp_path)
-    assert [e.id for e in examples] == [2] and report.skipped["unparseable CF rule"] == 1
+    assert [e.id for e in examples] == [2] and report.skipped["unparseable cf gold"] == 1
 
 
 def test_wrong_types_and_missing_keys_are_rows_to_skip(tmp_path):

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.conftest import write_fixture_data
+from bench.fixtures import write_fixture_data
 from tests.ddp_probe import weights_digest
 from tests.test_resume import _env, _tensors
 from train.resume import ResumableSampler
@@ -23,12 +23,11 @@ from train.resume import ResumableSampler
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
 # Rows after the held-out share: 8 distinct snippets - 2 = 6 (3 per rank, one batch of 3);
-# 32 pairs - 2 = 30 (15 per rank, three batches of 5). Even counts: the shards cover it all.
+# 32 pairs less one program's 4 rows held out = 28 (14 per rank, two batches of 7). Even
+# counts: the shards cover it all.
 PRETRAIN = dict(max_steps=4, batch_size=3, val_fraction=0.25, val_every=2, ckpt_every=2)
-FINETUNE = dict(
-    max_steps=10, batch_size=5, val_fraction=0.0625, holdout="row", val_every=4, ckpt_every=2
-)
-SIZES = {"pretrain": 6, "finetune": 30}
+FINETUNE = dict(max_steps=10, batch_size=7, val_fraction=0.125, val_every=4, ckpt_every=2)
+SIZES = {"pretrain": 6, "finetune": 28}
 COMMON = dict(warmup_steps=2, log_every=1, ema_decay=0.9)
 
 

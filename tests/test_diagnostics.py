@@ -7,25 +7,25 @@ import json
 import pytest
 import torch
 
-from codefusion.data import Example
+from bench.fixtures import CF_CODES, CF_PROMPTS
+from codefusion.batch import Batch
+from codefusion.data import Example, holdout_examples, split_holdout
 from codefusion.diagnostics import default_steps, model_diagnostics
-from codefusion.diffusion import Batch
+from codefusion.languages import language
+from codefusion.scoring.evaluate import generation_diagnostics, length_accuracy
 from eval.ablation import PlanError, load_plan, resolve_rows
-from eval.diagnose import generation_diagnostics, length_accuracy
-from tests.conftest import CF_CODES, CF_PROMPTS
-from train.data import code_key, holdout_examples, split_holdout
 
 
 def test_holdout_by_code_never_splits_a_program():
     codes = ["Duplicate()", "Duplicates()", "GreaterThan(5)", "GreaterThan( 5)", "Blanks()"] * 8
     exs = [Example(i, f"prompt {i}", c) for i, c in enumerate(codes)]
-    train, val = holdout_examples(exs, 0.3, seed=0, by="code", lang="cf")
-    key = code_key("cf")
+    train, val = holdout_examples(exs, 0.3, seed=0, lang="cf")
+    key = language("cf").program_key
     assert val and train and len(train) + len(val) == len(exs)
     assert not {key(e.code) for e in train} & {key(e.code) for e in val}
     # Canonical form: Duplicate()/Duplicates() are one program for CF.
     assert key("Duplicate()") == key("Duplicates()")
-    again = holdout_examples(exs, 0.3, seed=0, by="code", lang="cf")
+    again = holdout_examples(exs, 0.3, seed=0, lang="cf")
     assert [e.id for e in again[1]] == [e.id for e in val]
     rows_train, rows_val = split_holdout(list(range(10)), 0.2, seed=1)
     assert len(rows_val) == 2 and sorted(rows_train + rows_val) == list(range(10))

@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eval.metrics.bash import template
-from eval.metrics.diversity import (
+from codefusion.scoring.metrics.bash import template
+from codefusion.scoring.metrics.diversity import (
     distinct_n,
     levenshtein,
     mean_pairwise_edit_distance,
     unique_at_k,
 )
-from eval.metrics.python import conala_tokenize, normalise
+from codefusion.scoring.metrics.python import conala_tokenize, normalise
 
 
 def ws(text: str) -> list[str]:

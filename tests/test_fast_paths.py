@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from codefusion.model import attention_mask
-from codefusion.sampling import SamplingOptions, ddim, sample
+from codefusion.sampling import Known, SamplingOptions, loop, sample
 from codefusion.sampling import graph as graph_mod
 from codefusion.sampling.graph import DenoiseStep, sample_graph
+from codefusion.tokenizer import prompt_bucket
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench" / "benchmark.py"
@@ -29,22 +30,26 @@ def _perturb(model, seed=1):
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
 
 
+DRAWS = 2  # per prompt: 3 prompts x 2 draws
+
+
 def _inputs(m, prompt_len=7):
-    enc = torch.randn(6, prompt_len, m.encoder_dim, generator=torch.Generator().manual_seed(5))
-    rows = [[1] * prompt_len, [1] * 4 + [0] * (prompt_len - 4)] * 3
+    enc = torch.randn(3, prompt_len, m.encoder_dim, generator=torch.Generator().manual_seed(5))
+    rows = [[1] * prompt_len, [1] * 4 + [0] * (prompt_len - 4), [1] * prompt_len]
     return enc, attention_mask(torch.tensor(rows))
 
 
 def _record_decoded(monkeypatch):
     """Record the x0 each sampler hands to D (the final latent, and the traced ones)."""
     seen: list[torch.Tensor] = []
-    real = ddim.decode_tokens
+    real = loop.decode_tokens
 
     def spy(model, x0, kv, mask, known=None):
         seen.append(x0.clone())
         return real(model, x0, kv, mask, known)
 
-    monkeypatch.setattr(ddim, "decode_tokens", spy)
+    monkeypatch.setattr(loop, "decode_tokens", spy)
+    monkeypatch.setattr(graph_mod, "decode_tokens", spy)
     return seen
 
 
@@ -70,13 +75,14 @@ def test_graph_step_function_equals_plain_loop(
     if prediction == "x0-selfcond-known":
         prediction = "x0"
         from codefusion.config import preset
-        from codefusion.pipeline import build_model, length_known
+        from codefusion.pipeline import build_model
 
         torch.manual_seed(0)
         tiny_model.model = build_model(
             preset("tiny", code_len=16, self_condition=True), tiny_model.tokenizer
         ).eval()
-        known = length_known(torch.tensor([3, 5, 1, 15, 7, 2]), 16, eos_id=1, pad_id=0)
+        pos, ends = torch.arange(16)[None], torch.tensor([3, 5, 1, 15, 7, 2])[:, None]
+        known = Known(pos >= ends, torch.where(pos == ends, 1, 0).long())
     m = tiny_model.model
     _perturb(m)
     m.config.prediction = prediction
@@ -86,13 +92,16 @@ def test_graph_step_function_equals_plain_loop(
     seen = _record_decoded(monkeypatch)
     opts = SamplingOptions(steps=steps, eta=eta, clamp=clamp)
     kw = dict(trace_at={59, 30, 0}, known=known)
-    a = sample(m, tiny_model.schedule, enc, mask, torch.Generator().manual_seed(3), opts, **kw)
+    a = sample(
+        m, tiny_model.schedule, enc, mask, DRAWS, torch.Generator().manual_seed(3), opts, **kw
+    )
     n_plain = len(seen)
     b = sample_graph(
         m,
         tiny_model.schedule,
         enc,
         mask,
+        DRAWS,
         torch.Generator().manual_seed(3),
         opts,
         use_graph=False,
@@ -123,20 +132,22 @@ def test_step_buffers_are_reused_and_rebuilt_when_weights_move(tiny_model):
             sched,
             enc,
             mask,
+            DRAWS,
             torch.Generator().manual_seed(2),
             opts,
             use_graph=False,
             dtype=None,
             compile_backend=None,
         )
-        plain = sample(m, sched, enc, mask, torch.Generator().manual_seed(2), opts)
+        plain = sample(m, sched, enc, mask, DRAWS, torch.Generator().manual_seed(2), opts)
         torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=1e-5)
         assert torch.equal(fast.tokens, plain.tokens)
 
     run(7)
     (first,) = graph_mod._STEPS[m].values()
     assert isinstance(first, DenoiseStep) and first.graph is None  # eager here: no CUDA
-    assert first.kv[0][0].shape[2] == 8  # the bucket of prompts of 5 to 8 tokens
+    assert first.cond.kv[0][0].shape[2] == 8  # the bucket of prompts of 5 to 8 tokens
+    assert first.cond.kv[0][0].shape[0] == 3  # one row per prompt, not per draw
     run(5)  # another prompt length of the bucket: the same buffers
     assert list(graph_mod._STEPS[m].values()) == [first]
     with torch.no_grad():  # in-place update: the same buffers still read the new weights
@@ -154,11 +165,12 @@ def _fast(m, sched, enc, mask, **kw):
     runner = dict(use_graph=False, dtype=None, compile_backend=None)
     runner.update(kw)
     gen = torch.Generator().manual_seed(2)
-    return sample_graph(m, sched, enc, mask, gen, SamplingOptions(steps=6), **runner)
+    return sample_graph(m, sched, enc, mask, DRAWS, gen, SamplingOptions(steps=6), **runner)
 
 
 def _plain(m, sched, enc, mask):
-    return sample(m, sched, enc, mask, torch.Generator().manual_seed(2), SamplingOptions(steps=6))
+    gen = torch.Generator().manual_seed(2)
+    return sample(m, sched, enc, mask, DRAWS, gen, SamplingOptions(steps=6))
 
 
 @pytest.mark.parametrize("prompt_len, padded", [(8, False), (7, False), (8, True), (20, False)])
@@ -175,9 +187,9 @@ def test_prompt_buckets_drop_the_mask_only_without_padding(tiny_model, prompt_le
     torch.testing.assert_close(fast.scores, plain.scores, atol=1e-5, rtol=1e-5)
     assert torch.equal(fast.tokens, plain.tokens)
     (step,) = graph_mod._STEPS[m].values()
-    bucket = graph_mod.prompt_bucket(prompt_len, m.config.max_prompt_len)
-    assert step.kv[0][0].shape[2] == bucket == {7: 8, 8: 8, 20: 32}[prompt_len]
-    assert (step.mask is None) == (not padded and bucket == prompt_len)
+    bucket = prompt_bucket(prompt_len, m.config.max_prompt_len)
+    assert step.cond.kv[0][0].shape[2] == bucket == {7: 8, 8: 8, 20: 32}[prompt_len]
+    assert (step.cond.mask is None) == (not padded and bucket == prompt_len)
 
 
 def test_pipeline_passes_no_mask_for_unpadded_prompts(tiny_model, monkeypatch):
@@ -193,7 +205,7 @@ def test_pipeline_passes_no_mask_for_unpadded_prompts(tiny_model, monkeypatch):
     monkeypatch.setattr("codefusion.pipeline.sample", spy)
     tiny_model.sample_draws(["cells greater than 5"], 2, steps=2)
     tiny_model.sample_draws(["cells greater than 5", "blank"], 2, steps=2)
-    assert seen[0] is None and seen[1] is not None and seen[1].shape[0] == 4
+    assert seen[0] is None and seen[1] is not None and seen[1].shape[0] == 2  # per prompt
 
 
 def test_low_precision_copy_follows_the_weights_and_never_calls_n(tiny_model):
@@ -280,6 +292,7 @@ def test_analytic_training_flops_match_the_flop_counter(name, self_cond_prob):
 
     from codefusion.config import preset
     from codefusion.diffusion import Batch, CodeFusionObjective
+    from codefusion.flops import codefusion_flops, mfu
     from codefusion.model import CodeFusionModel
     from codefusion.schedule import SqrtSchedule
 
@@ -295,10 +308,9 @@ def test_analytic_training_flops_match_the_flop_counter(name, self_cond_prob):
     # The math backend decomposes attention into matmuls that the counter sees.
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         objective(model, batch)["loss"].backward()
-    analytic = model.estimate_flops(b, s, self_cond_prob=self_cond_prob)["train_step"]
+    analytic = codefusion_flops(model, b, s, self_cond_prob=self_cond_prob)["train_step"]
     assert analytic == pytest.approx(counter.get_total_flops(), rel=0.01)
-    mfu = model.estimate_mfu(b, s, step_s=2.0, peak_flops=analytic, self_cond_prob=self_cond_prob)
-    assert mfu == pytest.approx(0.5)
+    assert mfu(analytic, step_s=2.0, peak_flops=analytic) == pytest.approx(0.5)
 
 
 def test_benchmark_quick_mode_writes_both_files(tmp_path):

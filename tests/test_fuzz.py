@@ -18,15 +18,14 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from bench.fixtures import CF_CODES, CF_PROMPTS
 from codefusion import cfrules
-from codefusion.data import BENCHMARKS, DataError, Example, LoadReport, load_benchmark
+from codefusion.data import DataError, Example, LoadReport, load_benchmark
 from codefusion.errors import GenerationError
-from codefusion.masking import LANGUAGES, mask_code, maskable_spans
+from codefusion.languages import LANGUAGES, is_valid, mask_code, maskable_spans
 from codefusion.pipeline import Candidate
-from codefusion.syntax import is_valid
-from eval.metrics import bash as bash_metric
-from eval.metrics.cf_interpreter import execute
-from tests.conftest import CF_CODES, CF_PROMPTS
+from codefusion.scoring.metrics import bash as bash_metric
+from codefusion.scoring.metrics.cf_interpreter import execute
 
 FAST = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TIME_LIMIT_S = 2.0  # per example: generous for a loaded 2-core machine, tiny for a hang
@@ -172,17 +171,17 @@ def dataset_file(draw) -> bytes:
 @settings(max_examples=120, **FAST)
 @given(
     content=dataset_file(),
-    lang=st.sampled_from(sorted(BENCHMARKS)),
+    lang=st.sampled_from(sorted(LANGUAGES)),
     split=st.sampled_from(["train", "test"]),
 )
 def test_load_benchmark_gives_results_or_a_data_error(content, lang, split):
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "benchmarks").mkdir()
-        (Path(d) / "benchmarks" / BENCHMARKS[lang]).write_bytes(content)
+        (Path(d) / "benchmarks" / LANGUAGES[lang].benchmark_file).write_bytes(content)
         out, _ = _bounded(load_benchmark, lang, split, d)
     if isinstance(out, Exception):
         assert isinstance(out, DataError), repr(out)
-        assert BENCHMARKS[lang] in str(out) and "\n" not in str(out)
+        assert LANGUAGES[lang].benchmark_file in str(out) and "\n" not in str(out)
         return
     examples, report = out
     assert isinstance(report, LoadReport) and report.kept == len(examples)
@@ -194,7 +193,7 @@ def test_load_benchmark_gives_results_or_a_data_error(content, lang, split):
 
 def test_load_benchmark_deeply_nested_json_is_a_data_error(tmp_path):
     (tmp_path / "benchmarks").mkdir()
-    (tmp_path / "benchmarks" / BENCHMARKS["cf"]).write_text("[" * 100_000)
+    (tmp_path / "benchmarks" / LANGUAGES["cf"].benchmark_file).write_text("[" * 100_000)
     with pytest.raises(DataError):
         load_benchmark("cf", "train", tmp_path)
 

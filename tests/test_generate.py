@@ -15,7 +15,7 @@ from codefusion.errors import GenerationError, ModelLoadError
 from codefusion.model import attention_mask
 from codefusion.pipeline import Candidate, CodeFusion, rank_candidates
 from codefusion.sampling import SamplingOptions, sample
-from codefusion.sampling.ddim import nearest_embedding
+from codefusion.sampling.denoise import nearest_embedding
 
 
 def _perturb(model, seed=1):
@@ -30,14 +30,15 @@ def _perturb(model, seed=1):
 def test_cached_cross_attention_equals_uncached(tiny_model, steps):
     m = tiny_model.model
     _perturb(m)
-    enc = torch.randn(6, 7, m.encoder_dim)
-    mask = attention_mask(torch.tensor([[1] * 7, [1] * 4 + [0] * 3] * 3))
+    enc = torch.randn(3, 7, m.encoder_dim)
+    mask = attention_mask(torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 7]))
     if steps is None:  # all 1200 steps is slow on CPU with the uncached path: shorten T
         tiny_model.schedule.__init__(60)
 
     def run(cached: bool):
         opts = SamplingOptions(steps=steps, eta=0.5, cache_cross_kv=cached)
-        return sample(m, tiny_model.schedule, enc, mask, torch.Generator().manual_seed(3), opts)
+        gen = torch.Generator().manual_seed(3)
+        return sample(m, tiny_model.schedule, enc, mask, 2, gen, opts)
 
     a, b = run(True), run(False)
     torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-5)

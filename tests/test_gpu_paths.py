@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench.fixtures import CF_CODES, CF_PROMPTS
+from codefusion.batch import Batch
 from codefusion.config import preset
-from codefusion.diffusion import Batch
 from codefusion.pipeline import CodeFusion, build_model
-from tests.conftest import CF_CODES, CF_PROMPTS
 from train.__main__ import main as train_main
 from train.module import TrainingModule
 from train.objectives import build_objective

@@ -10,8 +10,8 @@ import pytest
 from codefusion.data import load_benchmark
 from codefusion.errors import UserError
 from codefusion.pipeline import Candidate
-from eval.harness import run_eval, score
-from eval.scoring import SCORING
+from codefusion.scoring.evaluate import score
+from eval.harness import run_eval
 from eval.tables import combined_markdown, load_results, quality_diversity_plot
 
 
@@ -35,19 +35,19 @@ def _gold(examples):
 def test_gold_scores_100_and_shuffled_gold_near_zero(real_data_dir, lang):
     for split in ("test", "train"):
         examples, _ = load_benchmark(lang, split, real_data_dir)
-        _, m = score(SCORING[lang], examples, _gold(examples))
+        _, m = score(lang, examples, _gold(examples))
         assert m["top1"] == m["top5"] == 100.0, (lang, split)
     examples, _ = load_benchmark(lang, "test", real_data_dir)
     shuffled = [e.code for e in examples]
     random.Random(0).shuffle(shuffled)
-    _, m = score(SCORING[lang], examples, [[Candidate(c, 0.0)] for c in shuffled])
+    _, m = score(lang, examples, [[Candidate(c, 0.0)] for c in shuffled])
     print(f"[{lang}] shuffled gold top-1: {m['top1']:.1f}%  decided by: {m['decided_by']}")
     assert m["top1"] < 15.0
 
 
 def test_cf_gold_is_178_of_178_with_116_by_execution(real_data_dir):
     examples, _ = load_benchmark("cf", "test", real_data_dir)
-    records, m = score(SCORING["cf"], examples, _gold(examples))
+    records, m = score("cf", examples, _gold(examples))
     assert sum(r["correct"][0] for r in records) == 178
     assert m["decided_by"]["execution"] == 116
 
@@ -55,7 +55,7 @@ def test_cf_gold_is_178_of_178_with_116_by_execution(real_data_dir):
 def test_metrics_are_deterministic(fixture_data):
     examples, _ = load_benchmark("cf", "test", fixture_data)
     cands = [[Candidate("GreaterThan(5)", -1.0), Candidate(e.code, -2.0)] for e in examples]
-    assert score(SCORING["cf"], examples, cands) == score(SCORING["cf"], examples, cands)
+    assert score("cf", examples, cands) == score("cf", examples, cands)
 
 
 def test_run_eval_writes_outputs_and_topk_counts(fixture_data, tmp_path):
@@ -90,14 +90,14 @@ def test_python_offline_metrics():
         "print(' '.join(words))",
     ]
     examples = [Example(i, "p", c) for i, c in enumerate(codes)]
-    _, m = score(SCORING["python"], examples, _gold(examples))
+    _, m = score("python", examples, _gold(examples))
     assert m["bleu4_top1"] == pytest.approx(100.0) and m["chrf_top1"] == pytest.approx(100.0)
 
 
 def test_diversity_of_identical_candidates_is_zero(fixture_data):
     examples, _ = load_benchmark("bash", "test", fixture_data)
     cands = [[Candidate("ls -la", 0.0), Candidate("ls  -la", -1.0)] for _ in examples]
-    _, m = score(SCORING["bash"], examples, cands)
+    _, m = score("bash", examples, cands)
     assert (
         m["diversity"]["unique@k"] == 1.0 and m["diversity"]["mean_pairwise_edit_distance"] == 0.0
     )
@@ -116,24 +116,24 @@ def _bash_data_with_defined(root, ids):
 
 
 def test_nl2bash_comparable_counts_defined_items_over_all(tmp_path):
-    from eval.harness import find_nl2bash_subset
+    from codefusion.scoring.evaluate import find_nl2bash_subset
 
     data = _bash_data_with_defined(tmp_path, [0, 2])
     examples, _ = load_benchmark("bash", "test", data)
     subset = find_nl2bash_subset(data)
-    records, m = score(SCORING["bash"], examples, _gold(examples), subset)
+    records, m = score("bash", examples, _gold(examples), subset)
     assert m["top1"] == 100.0
     nb = m["nl2bash_comparable"]
     assert nb["top1"] == nb["top5"] == nb["ceiling"] == 50.0 and nb["items"] == 2
     assert [r["nl2bash_defined"] for r in records] == [True, False, True, False]
     # a wrong answer on a defined item costs it there; on an undefined item only in ours
     cands = [[Candidate("ls -l" if e.id in (0, 1) else e.code, 0.0)] for e in examples]
-    _, m = score(SCORING["bash"], examples, cands, subset)
+    _, m = score("bash", examples, cands, subset)
     assert m["top1"] == 50.0 and m["nl2bash_comparable"]["top1"] == 25.0
 
 
 def test_nl2bash_comparable_is_omitted_and_said_without_the_list(fixture_data, tmp_path):
-    from eval.harness import find_nl2bash_subset
+    from codefusion.scoring.evaluate import find_nl2bash_subset
 
     examples, _ = load_benchmark("bash", "test", fixture_data)
     subset = find_nl2bash_subset(fixture_data)
@@ -176,7 +176,7 @@ def test_nl2bash_list_asked_for_explicitly_must_exist(fixture_data, tmp_path, ca
 
 
 def test_tables_name_the_figure_beside_the_paper(tmp_path):
-    from eval.harness import find_nl2bash_subset
+    from codefusion.scoring.evaluate import find_nl2bash_subset
 
     data = _bash_data_with_defined(tmp_path / "data", [0, 1, 2])
     examples, _ = load_benchmark("bash", "test", data)
@@ -194,13 +194,13 @@ def test_tables_name_the_figure_beside_the_paper(tmp_path):
 
 
 def test_real_gold_nl2bash_comparable_is_79_1(real_data_dir):
-    from eval.harness import find_nl2bash_subset
+    from codefusion.scoring.evaluate import find_nl2bash_subset
 
     subset = find_nl2bash_subset(real_data_dir)
     if subset.ids is None:
         pytest.skip(subset.source)
     examples, _ = load_benchmark("bash", "test", real_data_dir)
-    _, m = score(SCORING["bash"], examples, _gold(examples), subset)
+    _, m = score("bash", examples, _gold(examples), subset)
     nb = m["nl2bash_comparable"]
     assert m["top1"] == 100.0 and nb["items"] == 1996 and len(examples) == 2522
     assert nb["top1"] == nb["top5"] == pytest.approx(100 * 1996 / 2522)
@@ -227,7 +227,7 @@ def test_rescore_rewrites_verdicts_and_keeps_the_run(fixture_data, tmp_path, cap
     (out / "predictions.jsonl").write_text(
         "".join(json.dumps(dict(r, correct=[False, False])) + "\n" for r in lines)
     )
-    m = rescore(out, examples)
+    m = rescore(out, {"test": examples})
     assert m["top5"] == 100.0 and m["system"] == "oracle"
     assert {f: (out / f).read_text() for f in files} == files
     # the command, on the parent folder; a mismatching data folder is a one-line error
@@ -236,6 +236,6 @@ def test_rescore_rewrites_verdicts_and_keeps_the_run(fixture_data, tmp_path, cap
     assert {f: (out / f).read_text() for f in files} == files
     bash_examples, _ = load_benchmark("bash", "test", fixture_data)
     with pytest.raises(UserError, match="data the predictions were made on"):
-        rescore(out, bash_examples)
+        rescore(out, {"test": bash_examples})
     assert main(["rescore", str(tmp_path / "nothing"), "--data", str(fixture_data)]) == 2
     assert capsys.readouterr().err.startswith("error: ")

@@ -12,15 +12,22 @@ import sys
 import pytest
 import torch
 
+from bench.fixtures import CF_CODES
 from codefusion.cli import main as cli
 from codefusion.config import preset
 from codefusion.errors import GenerationError
 from codefusion.infill import parse_template
 from codefusion.model import attention_mask
-from codefusion.pipeline import CodeFusion, build_model, length_known
-from codefusion.sampling import SamplingOptions, ddim, sample
+from codefusion.pipeline import CodeFusion, build_model
+from codefusion.sampling import Known, SamplingOptions, ddim, loop, request, sample
 from codefusion.sampling.graph import sample_graph
-from tests.fixtures import CF_CODES
+
+
+def _end_at(lengths: torch.Tensor, code_len: int, eos_id: int = 1, pad_id: int = 0) -> Known:
+    """Given positions for draws of fixed lengths [N]: ``</s>`` at the length, pad after it."""
+    pos = torch.arange(code_len)[None]
+    ln = lengths[:, None]
+    return Known(mask=pos >= ln, tokens=torch.where(pos == ln, eos_id, pad_id).long())
 
 
 def _cf(tok, seed=0, **kw) -> CodeFusion:
@@ -85,14 +92,15 @@ def test_given_positions_follow_the_forward_process(tiny_tokenizer, monkeypatch)
     cf = _cf(tiny_tokenizer, self_condition=True)
     m = cf.model
     xs = []
-    real = ddim.ddim_step
+    real = loop.ddim_update
 
-    def spy(model, x, t, *a, **k):
-        xs.append((int(t[0]), x.clone()))
-        return real(model, x, t, *a, **k)
+    def spy(x, *a, **k):
+        xs.append(x.clone())
+        return real(x, *a, **k)
 
-    monkeypatch.setattr(ddim, "ddim_step", spy)
+    monkeypatch.setattr(loop, "ddim_update", spy)
     out, layouts = cf.infill_draws("GreaterThan(<fill:2>)", "cells", num_draws=3, steps=12)
+    xs = list(zip(cf.schedule.timesteps(12), xs, strict=False))
     given = layouts[0].given
     emb = m.embed_code(layouts[0].tokens).detach()
     eps = [cf.schedule.eps_from_x0(x, torch.full((3,), t), emb) for t, x in xs[1:]]
@@ -150,13 +158,6 @@ def test_bad_templates(tiny_tokenizer, template, message):
         cf.infill(template, "cells", steps=2)
 
 
-def test_infill_rejects_predicted_length(tiny_tokenizer):
-    cf = _cf(tiny_tokenizer, length_head=True)
-    with pytest.raises(GenerationError, match="generate only"):
-        cf.infill("GreaterThan(<fill>)", "cells", steps=2, length="predicted")
-    assert cf.infill("GreaterThan(<fill:1>)", "cells", k=1, steps=2)  # default: the template's end
-
-
 # --- editing -----------------------------------------------------------------------------------
 
 
@@ -176,16 +177,11 @@ def test_strength_to_zero_returns_the_input(tiny_tokenizer, monkeypatch, fast):
     calls = []
     monkeypatch.setattr(cf.model.denoiser, "forward", lambda *a, **k: calls.append(1))
     if fast:  # the graph runner's logic, eagerly on CPU
-        real = ddim.sample
 
-        def via_graph(model, schedule, enc, mask, gen, options, known, trace_at, start):
-            return sample_graph(
-                model, schedule, enc, mask, gen, options, known, trace_at,
-                use_graph=False, dtype=None, compile_backend=None, start=start,
-            )  # fmt: skip
+        def via_graph(*args):
+            return sample_graph(*args, use_graph=False, dtype=None, compile_backend=None)
 
         monkeypatch.setattr("codefusion.pipeline.sample", via_graph)
-        assert real is ddim.sample
     for s in (1e-9, 1e-4, 0.4 / (cf.schedule.steps - 1)):  # t0 = round(s (T - 1)) = 0
         out = cf.edit(codes, ["cells"] * 3, strength=s, k=2, num_draws=3, steps=10)
         assert [c[0].code for c in out] == codes and all(len(c) == 1 for c in out)
@@ -217,10 +213,10 @@ def test_edit_plan_starts_at_t0(tiny_tokenizer):
     # The run starts from q_sample(L(code), t0, eps) with the eps that x_T would have been.
     ids = cf.tokenizer.encode_code(["Between(1, 9)", "Blanks()"], 16)[0]
     enc, _ = _batch(cf.model, n=2)
-    prep = ddim.prepare(
-        cf.model, cf.schedule, enc, None, torch.Generator().manual_seed(7), opts, ids
+    prep = request.prepare(
+        cf.model, cf.schedule, enc, None, 1, torch.Generator().manual_seed(7), opts, start=ids
     )
-    eps = ddim.initial_noise(cf.model, enc, torch.Generator().manual_seed(7))
+    eps = torch.randn(prep.x.shape, generator=torch.Generator().manual_seed(7))
     x0 = cf.model.embed_code(ids)
     want = cf.schedule.q_sample(x0, torch.full((2,), t0), eps)
     torch.testing.assert_close(prep.x, want)
@@ -265,28 +261,31 @@ def test_guidance_one_is_plain_sampling_and_runs_no_second_half(
     real = m.denoiser.forward
     monkeypatch.setattr(m.denoiser, "forward", lambda x, *a: rows.append(x.shape[0]) or real(x, *a))
     a = sample(
-        m, cf.schedule, enc, mask, torch.Generator().manual_seed(2), SamplingOptions(steps=6)
+        m, cf.schedule, enc, mask, 3, torch.Generator().manual_seed(2), SamplingOptions(steps=6)
     )
     b = sample(
-        m, cf.schedule, enc, mask, torch.Generator().manual_seed(2),
+        m, cf.schedule, enc, mask, 3, torch.Generator().manual_seed(2),
         SamplingOptions(steps=6, guidance=1.0),
     )  # fmt: skip
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.scores, b.scores)
-    assert set(rows) == {4}
+    assert set(rows) == {12}  # 4 prompts x 3 draws
     rows.clear()
     sample(
-        m, cf.schedule, enc, mask, torch.Generator().manual_seed(2),
+        m, cf.schedule, enc, mask, 3, torch.Generator().manual_seed(2),
         SamplingOptions(steps=6, guidance=2.0),
     )  # fmt: skip
-    assert set(rows) == {8}  # one batched pass of 2N rows per step
+    assert set(rows) == {24}  # one batched pass of 2N rows per step
 
 
-def _two_pass_reference(m, schedule, enc, mask, gen, w, steps, guided_self):
-    """Guidance by two separate passes of N per step, combined in x0 space."""
-    n = enc.shape[0]
-    x = ddim.initial_noise(m, enc, gen)
+def _two_pass_reference(m, schedule, enc, mask, draws, gen, w, steps):
+    """Guidance by two separate passes of N per step on every draw, with E(s) and ξ repeated
+    per draw (no K/V shared between draws), combined in x0 space."""
+    n = enc.shape[0] * draws
+    x = torch.randn(n, m.config.code_len, m.config.latent_dim, generator=gen)
     xi = torch.randn(enc.shape, generator=gen)
-    kv_c, kv_u = m.denoiser.cross_kv(enc), m.denoiser.cross_kv(xi)
+    rep = lambda a: a.repeat_interleave(draws, 0)  # noqa: E731
+    kv_c, kv_u = m.denoiser.cross_kv(rep(enc)), m.denoiser.cross_kv(rep(xi))
+    mask = rep(mask)
     plan = ddim.StepPlan.build(schedule, schedule.timesteps(steps), 0.0)
     prev_c = prev_u = torch.zeros_like(x) if m.config.self_condition else None
     for i in range(len(plan)):
@@ -294,29 +293,25 @@ def _two_pass_reference(m, schedule, enc, mask, gen, w, steps, guided_self):
         x0_c = m.denoise(x, t, kv_c, mask, prev_c)
         x0_u = m.denoise(x, t, kv_u, None, prev_u)
         x0 = x0_u + w * (x0_c - x0_u)
-        if m.config.self_condition:
-            prev_c, prev_u = (x0_c, x0_u) if guided_self == "own" else (x0, x0)
+        prev_c, prev_u = x0_c, x0_u  # each half reads its own estimate
         eps = (x - c.sqrt_ab * x0) / c.sqrt_1m_ab
         x = x0 if i == len(plan) - 1 else c.sqrt_ab_prev * x0 + c.c_eps * eps
     return x
 
 
-@pytest.mark.parametrize("guided_self", ["own", "guided"])
 @pytest.mark.parametrize("w", [0.0, 2.5])
-def test_batched_guidance_equals_two_passes(tiny_tokenizer, monkeypatch, guided_self, w):
+def test_batched_guidance_equals_two_passes(tiny_tokenizer, monkeypatch, w):
     cf = _cf(tiny_tokenizer, self_condition=True)
     m = cf.model
     enc, mask = _batch(m)
     seen = []
-    real = ddim.decode_tokens
+    real = loop.decode_tokens
     monkeypatch.setattr(
-        ddim, "decode_tokens", lambda model, x0, *a: seen.append(x0.clone()) or real(model, x0, *a)
+        loop, "decode_tokens", lambda model, x0, *a: seen.append(x0.clone()) or real(model, x0, *a)
     )
-    opts = SamplingOptions(steps=7, guidance=w, guidance_self_condition=guided_self)
-    sample(m, cf.schedule, enc, mask, torch.Generator().manual_seed(4), opts)
-    want = _two_pass_reference(
-        m, cf.schedule, enc, mask, torch.Generator().manual_seed(4), w, 7, guided_self
-    )
+    opts = SamplingOptions(steps=7, guidance=w)
+    sample(m, cf.schedule, enc, mask, 3, torch.Generator().manual_seed(4), opts)
+    want = _two_pass_reference(m, cf.schedule, enc, mask, 3, torch.Generator().manual_seed(4), w, 7)
     torch.testing.assert_close(seen[-1], want, atol=1e-5, rtol=1e-5)
 
 
@@ -325,8 +320,6 @@ def test_guidance_option_errors(tiny_tokenizer):
     for bad in (float("inf"), "2", None):
         with pytest.raises(GenerationError, match="guidance must be a finite number"):
             cf.generate("x", steps=2, guidance=bad)
-    with pytest.raises(GenerationError, match="guidance_self_condition"):
-        cf.generate("x", steps=2, guidance=2.0, guidance_self_condition="mine")
 
 
 # --- the graph runner's step against the plain loop ----------------------------------------------
@@ -336,7 +329,7 @@ def test_guidance_option_errors(tiny_tokenizer):
     "options, with_start, with_known",
     [
         (dict(steps=9, guidance=2.0), False, False),
-        (dict(steps=9, guidance=0.5, guidance_self_condition="guided", eta=0.5), False, True),
+        (dict(steps=9, guidance=0.5, eta=0.5), False, True),
         (dict(steps=9, guidance=3.0, clamp=True), False, True),
         (dict(steps=12, strength=0.4), True, False),
         (dict(steps=12, strength=0.7, guidance=1.5, eta=1.0), True, False),
@@ -351,15 +344,13 @@ def test_graph_path_equals_plain_loop_for_guidance_and_edits(
     enc, mask = _batch(m)
     opts = SamplingOptions(**options)
     start = None
-    if with_start:
-        start = cf.tokenizer.encode_code(CF_CODES[:4], 16)[0]
-    known = (
-        length_known(torch.tensor([3, 5, 1, 15]), 16, eos_id=1, pad_id=0) if with_known else None
-    )
+    if with_start:  # 4 prompts x 2 draws
+        start = cf.tokenizer.encode_code(CF_CODES[:4], 16)[0].repeat_interleave(2, 0)
+    known = _end_at(torch.tensor([3, 5, 1, 15, 2, 4, 6, 8]), 16) if with_known else None
     kw = dict(known=known, trace_at={59, 30, 0}, start=start)
-    a = sample(m, cf.schedule, enc, mask, torch.Generator().manual_seed(3), opts, **kw)
+    a = sample(m, cf.schedule, enc, mask, 2, torch.Generator().manual_seed(3), opts, **kw)
     b = sample_graph(
-        m, cf.schedule, enc, mask, torch.Generator().manual_seed(3), opts,
+        m, cf.schedule, enc, mask, 2, torch.Generator().manual_seed(3), opts,
         use_graph=False, dtype=None, compile_backend=None, **kw,
     )  # fmt: skip
     torch.testing.assert_close(b.scores, a.scores, atol=1e-5, rtol=1e-5)
@@ -372,7 +363,7 @@ def test_graph_path_equals_plain_loop_for_guidance_and_edits(
     "options, with_start, with_known",
     [
         (dict(steps=6, guidance=2.0), False, True),
-        (dict(steps=6, guidance=1.5, guidance_self_condition="guided"), False, False),
+        (dict(steps=6, guidance=1.5, eta=0.5), False, False),
         (dict(steps=12, strength=0.5, guidance=2.0), True, False),
     ],
 )
@@ -390,16 +381,14 @@ def test_compiled_guided_and_edit_steps_trace_as_one_graph(
     enc, mask = _batch(m)
     opts = SamplingOptions(**options)
     start = cf.tokenizer.encode_code(CF_CODES[:4], 16)[0] if with_start else None
-    known = (
-        length_known(torch.tensor([3, 5, 1, 15]), 16, eos_id=1, pad_id=0) if with_known else None
-    )
+    known = _end_at(torch.tensor([3, 5, 1, 15]), 16) if with_known else None
     a = sample(
-        m, cf.schedule, enc, mask, torch.Generator().manual_seed(3), opts, known, None, start
+        m, cf.schedule, enc, mask, 1, torch.Generator().manual_seed(3), opts, known, None, start
     )
     with graph_mod.strict_graphs():  # a graph break is an error, not an eager fallback
         b = sample_graph(
-            m, cf.schedule, enc, mask, torch.Generator().manual_seed(3), opts, known, None,
-            use_graph=False, dtype=None, compile_backend="eager", start=start,
+            m, cf.schedule, enc, mask, 1, torch.Generator().manual_seed(3), opts, known, None,
+            start, use_graph=False, dtype=None, compile_backend="eager",
         )  # fmt: skip
     (step,) = graph_mod._STEPS[m].values()
     assert step.compiled

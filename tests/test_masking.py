@@ -8,7 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codefusion.masking import LANGUAGES, MASK_TOKEN, mask_code, maskable_spans
+from codefusion.languages import NAMES as LANGUAGES
+from codefusion.languages import mask_code, maskable_spans
+from codefusion.masking import MASK_TOKEN
 
 
 def words(code: str, lang: str) -> list[str]:
@@ -170,9 +172,9 @@ def test_mask_code_edge_cases_and_errors():
     rng = random.Random(0)
     assert mask_code("", "python", 0.5, rng) == ""
     assert mask_code("  123 'x'  ", "python", 1.0, rng) == "  123 'x'  "  # nothing maskable
-    with pytest.raises(ValueError, match="unknown language 'java'"):
+    with pytest.raises(ValueError, match="'java'"):
         mask_code("x", "java", 0.5, rng)
-    with pytest.raises(ValueError, match="unknown language"):
+    with pytest.raises(ValueError, match="'Python'"):
         maskable_spans("x", "Python")
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="rate"):

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codefusion import syntax
-from eval.metrics.bash import normalise_whitespace, template, template_match
+from codefusion import languages
+from codefusion.scoring.metrics.bash import normalise_whitespace, template, template_match
 
-is_valid = functools.partial(syntax.is_valid, language="bash")
+is_valid = functools.partial(languages.is_valid, name="bash")
 
 
 def same(a: str, b: str) -> bool:
@@ -205,7 +205,7 @@ def test_value_with_an_expansion_is_open() -> None:
 
 
 def test_every_kept_value_option_says_why() -> None:
-    from eval.metrics.bash import _KEPT_VALUES, _OLD_STYLE_BUNDLES
+    from codefusion.scoring.metrics.bash import _KEPT_VALUES, _OLD_STYLE_BUNDLES
 
     for utility, options in _KEPT_VALUES.items():
         for option, spec in options.items():

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from codefusion import syntax
-from eval.metrics.python import (
+from codefusion import languages
+from codefusion.scoring.metrics.python import (
     CodeBERTScorer,
     bleu4,
     chrf,
@@ -21,7 +21,7 @@ from eval.metrics.python import (
     sentence_bleu4,
 )
 
-is_valid = functools.partial(syntax.is_valid, language="python")
+is_valid = functools.partial(languages.is_valid, name="python")
 
 # --------------------------------------------------------------------------- normalisation
 

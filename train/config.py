@@ -75,16 +75,9 @@ class StageConfig:
     ema_decay: float | None = None  # e.g. 0.999; None: no EMA
     # --- the objective (codefusion/diffusion.py; defaults chosen on held-out data, README) ---
     # Defaults: the README's ablation (held-out top-5 and valid top-1 on the CPU-scale protocol).
-    noise_weighting: str = "x0"  # x0 | snr (the paper's ||eps_hat - eps||^2) | min_snr | max_snr_1
-    decoder_input: str = "clean"  # clean | x0_hat (the paper's reading) | noised
-    decoder_max_t: int = 0  # decoder_input=noised: D reads L(y) noised to t' <= this
+    noise_weighting: str = "x0"  # x0 | snr (the paper's ||eps_hat - eps||^2)
+    decoder_input: str = "clean"  # clean | x0_hat (the paper's reading)
     self_cond_prob: float = 0.5  # share of batches that self-condition (model: self_condition)
-    length_weight: float = 0.1  # weight of the length head's cross-entropy (model: length_head)
-    embedding_lr_mult: float = 1.0  # L's learning rate, as a multiple of lr
-    # Held-out share: "code" keeps every row of a held-out program out of training (CF's train
-    # split has near-duplicates, so a random share of rows is not independent of training);
-    # "row" draws rows.
-    holdout: str = "code"
     # Generation on the held-out share at each validation (fine-tuning): items (0 = none),
     # sampling steps and draws. Logs val/top1, val/top5, val/valid_top1, val/length_acc.
     val_generate: int = 0
@@ -110,7 +103,6 @@ class StageConfig:
         choices = {
             "noise_weighting": tuple(NOISE_WEIGHTINGS),
             "decoder_input": DECODER_INPUTS,
-            "holdout": ("code", "row"),
             "export": ("last", "best"),
         }
         for key, allowed in choices.items():
@@ -126,8 +118,6 @@ class StageConfig:
             raise RunConfigError("val_generate_draws and val_generate_steps must be positive")
         if self.export == "best" and self.val_generate < 1:
             raise RunConfigError("export: best selects by held-out generation: set val_generate")
-        if self.embedding_lr_mult <= 0:
-            raise RunConfigError("embedding_lr_mult must be positive")
 
     def pick(self, keys: tuple[str, ...]) -> dict[str, Any]:
         """The settings ``keys`` as keyword arguments (for whatever declares that it takes them)."""

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from codefusion.data import Example, load_benchmark, load_snippets
-from codefusion.diffusion import Batch
-from codefusion.masking import mask_code
+from codefusion.batch import Batch
+from codefusion.data import Example, holdout_examples, load_benchmark, load_snippets, split_holdout
+from codefusion.languages import mask_code
 from codefusion.tokenizer import CodeTokenizer
 from train.config import RunConfigError
 from train.resume import ResumableSampler
@@ -115,64 +114,21 @@ class EpochTagged(Sampler[tuple[int, int]]):
 
 
 class Collator:
-    """Rows -> a padded ``Batch`` on the fixed code canvas."""
+    """Rows -> a padded ``Batch`` on the fixed code canvas. With ``bucket`` (a compiled model)
+    prompts are padded to a power-of-two width (codefusion.tokenizer.prompt_bucket): a few
+    fixed shapes, each compiled once, instead of one per batch's longest prompt."""
 
-    def __init__(self, tokenizer: CodeTokenizer, max_prompt_len: int, code_len: int) -> None:
+    def __init__(
+        self, tokenizer: CodeTokenizer, max_prompt_len: int, code_len: int, bucket: bool = False
+    ) -> None:
         self.tok, self.max_prompt_len, self.code_len = tokenizer, max_prompt_len, code_len
+        self.bucket = bucket
 
     def __call__(self, rows: list[Row]) -> Batch:
-        ids, mask, _ = self.tok.encode_prompts([r.prompt for r in rows], self.max_prompt_len)
+        prompts = [r.prompt for r in rows]
+        ids, mask, _ = self.tok.encode_prompts(prompts, self.max_prompt_len, self.bucket)
         code, _ = self.tok.encode_code([r.code for r in rows], self.code_len)
         return Batch(ids, mask, code, torch.tensor([r.uncond for r in rows]))
-
-
-def split_holdout(
-    items: list, fraction: float, seed: int, key: Callable[[Any], Hashable] | None = None
-) -> tuple[list, list]:
-    """A deterministic (train, val) split; val has at least one item when fraction > 0.
-
-    With ``key``, items of equal key go to the same side (whole groups are held out, in a
-    seeded order, until ``fraction`` of the items is reached): a held-out program is then never
-    trained on under another prompt."""
-    if fraction <= 0 or len(items) < 2:
-        return items, []
-    groups: dict[Hashable, list[int]] = {}
-    for i, x in enumerate(items):
-        groups.setdefault(i if key is None else key(x), []).append(i)
-    order = list(groups)
-    random.Random(seed).shuffle(order)
-    n_val, val = max(1, int(len(items) * fraction)), set()
-    for g in order:
-        if len(val) >= n_val:
-            break
-        # A group that would overshoot the share (CF: "Duplicate()" under 50 prompts) is kept
-        # for training, unless nothing is held out yet.
-        if val and len(val) + len(groups[g]) > n_val * 1.25:
-            continue
-        if len(val) + len(groups[g]) < len(items):
-            val.update(groups[g])
-    return [x for i, x in enumerate(items) if i not in val], [items[i] for i in sorted(val)]
-
-
-def code_key(lang: str) -> Callable[[str], Hashable]:
-    """What counts as "the same program" for a held-out split: CF's canonical form (so
-    ``Duplicate()`` and ``Duplicates()`` are one program), else whitespace-normalised text."""
-
-    if lang == "cf":
-        from codefusion.cfrules import normal_form
-
-        return normal_form
-    return lambda code: " ".join(code.split())
-
-
-def holdout_examples(
-    examples: list[Example], fraction: float, seed: int, by: str, lang: str
-) -> tuple[list[Example], list[Example]]:
-    """The fine-tuning (train, held-out) split of a benchmark's train examples."""
-    key = code_key(lang)
-    return split_holdout(
-        examples, fraction, seed, (lambda e: key(e.code)) if by == "code" else None
-    )
 
 
 class CodeFusionDataModule(L.LightningDataModule):
@@ -193,17 +149,17 @@ class CodeFusionDataModule(L.LightningDataModule):
         data_dir: str | None = None,
         python_corpus: str | None = None,
         num_workers: int = 0,
-        holdout: str = "code",
         prompt_dropout: float = 0.0,
+        bucket_prompts: bool = False,
     ) -> None:
         super().__init__()
-        self.holdout, self.prompt_dropout = holdout, prompt_dropout
+        self.prompt_dropout = prompt_dropout
         self.val_examples: list[Example] = []  # fine-tuning: the held-out examples
         if stage not in ("pretrain", "finetune"):
             raise ValueError(f"unknown stage {stage!r}")
         self.stage, self.lang, self.tok = stage, lang, tokenizer
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
-        self.collate = Collator(tokenizer, max_prompt_len, code_len)
+        self.collate = Collator(tokenizer, max_prompt_len, code_len, bucket_prompts)
         self.kw = dict(uncond_ratio=uncond_ratio, mask_rate=mask_rate)
         self.val_fraction, self.data_dir, self.python_corpus = val_fraction, data_dir, python_corpus
         self.train_set: Dataset | None = None
@@ -227,10 +183,8 @@ class CodeFusionDataModule(L.LightningDataModule):
         else:
             examples, report = load_benchmark(self.lang, "train", self.data_dir)
             log.info("fine-tuning data (%s train): %s", self.lang, report)
-            train, val = holdout_examples(
-                examples, self.val_fraction, self.seed, self.holdout, self.lang
-            )
-            log.info("held out %d of %d rows (by %s)", len(val), len(examples), self.holdout)
+            train, val = holdout_examples(examples, self.val_fraction, self.seed, self.lang)
+            log.info("held out %d of %d rows (whole programs)", len(val), len(examples))
             self.val_examples = val
             self.train_set = PairDataset(
                 [(e.prompt, e.code) for e in train], self.prompt_dropout, self.seed

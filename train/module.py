@@ -7,13 +7,14 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
-from codefusion.diffusion import Batch
+from codefusion.batch import Batch
 from train.resume import capture_rng_state, restore_rng_state, seed_rank
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,8 @@ class TrainingModule(L.LightningModule):
     """A model, its objective (train/objectives.py), AdamW and a warm-up + cosine schedule.
 
     ``objective(model, batch)`` returns the loss terms (``"loss"`` among them), and
-    ``objective.diagnostics(model, batch, generator)`` what validation logs beside them (with
-    ``diagnostics``). ``embedding_lr_mult`` scales the learning rate of a model's
-    ``code_embedding`` (CodeFusion's L), if it has one."""
+    ``diagnostics(model, objective, batch, generator)`` (the architecture's, see
+    train/objectives.py) what validation logs beside them."""
 
     # The stage settings (train/config.py: StageConfig) the module takes, by name.
     STAGE_KEYS = (
@@ -38,7 +38,6 @@ class TrainingModule(L.LightningModule):
         "warmup_steps",
         "max_steps",
         "on_nan",
-        "embedding_lr_mult",
         "log_every",
         "ckpt_every",
     )
@@ -52,14 +51,13 @@ class TrainingModule(L.LightningModule):
         warmup_steps: int = 100,
         max_steps: int = 1000,
         on_nan: str = "stop",
-        embedding_lr_mult: float = 1.0,
-        diagnostics: bool = True,
+        diagnostics: Callable[..., dict[str, float]] | None = None,
         log_every: int = 1,
         ckpt_every: int | None = None,
     ) -> None:
         super().__init__()
         self.model, self.objective = model, objective
-        self.embedding_lr_mult, self.diagnostics = embedding_lr_mult, diagnostics
+        self.diagnostics = diagnostics
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.max_steps, self.on_nan = warmup_steps, max_steps, on_nan
         self.log_every, self.ckpt_every = max(1, log_every), ckpt_every
@@ -235,21 +233,11 @@ class TrainingModule(L.LightningModule):
         self.log("val_loss", out["loss"], prog_bar=True, batch_size=bs, sync_dist=True)
         if self.diagnostics:
             gen = torch.Generator(device=self.device).manual_seed(4321 + batch_idx)
-            diag = self.objective.diagnostics(self.model, batch, gen)
+            diag = self.diagnostics(self.model, self.objective, batch, gen)
             if diag:
                 self.log_dict(
                     {f"val/{k}": v for k, v in diag.items()}, batch_size=bs, sync_dist=True
                 )
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups: L at ``embedding_lr_mult`` times the learning rate, the rest at it."""
-        owner = getattr(self.model, "embedding_parameters", None)  # CodeFusion's L
-        if owner is None or self.embedding_lr_mult == 1.0:
-            return [{"params": list(self.model.parameters())}]
-        emb = owner()
-        ids = {id(p) for p in emb}
-        rest = [p for p in self.model.parameters() if id(p) not in ids]
-        return [{"params": rest}, {"params": emb, "lr": self.lr * self.embedding_lr_mult}]
 
     def configure_optimizers(self):
         # Fused AdamW (one kernel per step) on GPUs, except with fp16's gradient scaler: a fused
@@ -257,7 +245,7 @@ class TrainingModule(L.LightningModule):
         scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
         fused = (self.device.type == "cuda" or torch.cuda.is_available()) and scaler is None
         opt = torch.optim.AdamW(
-            self.param_groups(), lr=self.lr, weight_decay=self.weight_decay, fused=fused or None
+            self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=fused or None
         )
 
         def lr_lambda(step: int) -> float:

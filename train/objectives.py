@@ -1,13 +1,14 @@
 """The training objective of each architecture, built from a stage's settings.
 
 The Lightning module (train/module.py) is the same for every architecture; it takes one of
-these. An objective maps ``(model, Batch)`` to a dict of scalar terms with ``"loss"`` among
-them, and may report ``diagnostics`` at validation. It is an ``nn.Module`` so that its constant
-tensors (the diffusion schedule) move with the Lightning module; it holds no parameters.
+these, and the architecture's validation diagnostics (:data:`DIAGNOSTICS`). An objective maps
+``(model, Batch)`` to a dict of scalar terms with ``"loss"`` among them. It is an ``nn.Module``
+so that its constant tensors (the diffusion schedule) move with the Lightning module; it holds
+no parameters.
 
 - ``codefusion``: :class:`codefusion.diffusion.CodeFusionObjective`, the paper's three loss terms
   (options: the stage's ``pad_weight``, ``noise_weighting``, ``decoder_input``,
-  ``decoder_max_t``, ``self_cond_prob``, ``length_weight``).
+  ``self_cond_prob``).
 - ``t5-baseline``: :class:`Seq2SeqObjective`, token cross-entropy of the T5 decoder. The data are
   CodeFusion's own (train/data.py), read as seq2seq rows: input = the row's prompt, target = its
   code. In pre-training that is T5-style denoising with the tokenizer's mask token as the
@@ -26,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from codefusion.diffusion import Batch, CodeFusionObjective
+from codefusion.batch import Batch
+from codefusion.diffusion import CodeFusionObjective
 from codefusion.schedule import SqrtSchedule
 from codefusion.tokenizer import up_to_first_stop
 from train.config import StageConfig
@@ -55,23 +57,13 @@ class Seq2SeqObjective(nn.Module):
             acc = hits.sum().float() / keep.sum().clamp(min=1)
         return {"loss": out.loss, "token_acc": acc}
 
-    def diagnostics(self, model, batch: Batch, generator: torch.Generator) -> dict[str, float]:
-        return {}
-
 
 # The stage settings the diffusion objective takes, by name.
-DIFFUSION_KEYS = (
-    "pad_weight",
-    "noise_weighting",
-    "decoder_input",
-    "decoder_max_t",
-    "self_cond_prob",
-    "length_weight",
-)
+DIFFUSION_KEYS = ("pad_weight", "noise_weighting", "decoder_input", "self_cond_prob")
 
 
 def diffusion_objective(model, st: StageConfig) -> CodeFusionObjective:
-    schedule = SqrtSchedule(model.config.diffusion_steps, model.config.schedule_offset)
+    schedule = SqrtSchedule(model.config.diffusion_steps)
     return CodeFusionObjective(schedule, **st.pick(DIFFUSION_KEYS))
 
 
@@ -82,6 +74,21 @@ def seq2seq_objective(model, st: StageConfig) -> Seq2SeqObjective:
 OBJECTIVES: dict[str, Callable[[Any, StageConfig], nn.Module]] = {
     "codefusion": diffusion_objective,
     "t5-baseline": seq2seq_objective,
+}
+
+
+def _codefusion_diagnostics(model, objective, batch: Batch, generator: torch.Generator):
+    from codefusion.diagnostics import model_diagnostics
+
+    return model_diagnostics(model, objective.schedule, batch, generator=generator)
+
+
+# What validation logs beside the loss terms, per architecture: (model, objective, a held-out
+# batch, a seeded generator) -> {name: value} (codefusion/diagnostics.py for CodeFusion).
+Diagnostics = Callable[[Any, nn.Module, Batch, torch.Generator], dict[str, float]]
+DIAGNOSTICS: dict[str, Diagnostics | None] = {
+    "codefusion": _codefusion_diagnostics,
+    "t5-baseline": None,
 }
 
 

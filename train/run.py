@@ -29,7 +29,7 @@ from train.config import RunConfig, RunConfigError, StageConfig, architecture
 from train.data import CodeFusionDataModule
 from train.dist import barrier, is_rank_zero, wait_until
 from train.module import TrainingModule
-from train.objectives import build_objective
+from train.objectives import DIAGNOSTICS, build_objective
 from train.progress import StepProgressBar
 from train.resume import AtomicCheckpointIO, CheckpointLoadError
 
@@ -92,6 +92,9 @@ def compile_model(model: torch.nn.Module, backend: str = "inductor") -> list[tor
         if isinstance(model, CodeFusionModel)
         else [model]
     )
+    # A new stage's modules are new objects: the previous stage's compiled entries would only
+    # count toward dynamo's recompile limit (8 per function) and push later ones to eager.
+    torch._dynamo.reset()
     for part in parts:
         part.compile(backend=backend)
     return parts
@@ -242,10 +245,12 @@ def run_stage(
         data_dir=cfg.data_dir,
         python_corpus=cfg.python_corpus,
         num_workers=st.num_workers,
-        holdout=st.holdout,
+        bucket_prompts=cfg.compile,  # fixed shapes: each compiled once
     )
     objective = build_objective(arch, model, st)
-    module = TrainingModule(model, objective, **st.pick(TrainingModule.STAGE_KEYS))
+    module = TrainingModule(
+        model, objective, diagnostics=DIAGNOSTICS[arch], **st.pick(TrainingModule.STAGE_KEYS)
+    )
     last = stage_dir / "checkpoints" / "last.ckpt"
     # Every rank decides alone and all decide alike: nothing writes a checkpoint of this stage
     # before every rank has joined the fit (rank zero waits for the others in DDP's setup).

@@ -58,7 +58,7 @@ class GenerationCheck(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self.examples:
             return
-        from eval.diagnose import generation_diagnostics
+        from codefusion.scoring.evaluate import generation_diagnostics
 
         was_training = pl_module.model.training
         with torch.random.fork_rng(

@@ -1,12 +1,16 @@
-"""Sampling from CodeFusion: the DDIM loop (``ddim.py``), its CUDA-graph runner (``graph.py``)
-and the options both read (``options.py``).
+"""Sampling from CodeFusion, one module per piece:
 
-:func:`sample` denoises one batch of draws: the plain loop, or on CUDA (``options.fast``, with
-cached K/V) the graph runner. Both draw the same x_T and noise from the caller's generator, in
-the same order.
+options.py   SamplingOptions: what a request asks for
+ddim.py      the DDIM update (pure) and the plan of steps with their coefficients
+denoise.py   each step's x̂0: N, guidance, self-conditioning, clamping, given tokens
+request.py   what a request sets up (x_T, the conditioning) and reads at the end (D, H)
+loop.py      the plain loop
+graph.py     the CUDA-graph runner: the same step, compiled, captured once, replayed
+run.py       :func:`sample`, which picks one of the two
 """
 
-from codefusion.sampling.ddim import Known, SampleOutput, sample
-from codefusion.sampling.options import LENGTH_MODES, SamplingOptions
+from codefusion.sampling.options import SamplingOptions
+from codefusion.sampling.request import Known, SampleOutput
+from codefusion.sampling.run import sample
 
-__all__ = ["LENGTH_MODES", "Known", "SampleOutput", "SamplingOptions", "sample"]
+__all__ = ["Known", "SampleOutput", "SamplingOptions", "sample"]

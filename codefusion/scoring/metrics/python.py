@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import sacrebleu
-
 __all__ = [
     "CodeBERTScorer",
     "bleu4",
@@ -27,6 +25,15 @@ __all__ = [
     "normalise",
     "sentence_bleu4",
 ]
+
+
+def _sacrebleu():
+    """sacrebleu (the ``eval`` extra), imported where BLEU and chrF are computed: exact match,
+    which training's held-out check scores, needs nothing beyond the base install."""
+    import sacrebleu
+
+    return sacrebleu
+
 
 _NON_IDENTIFIER = re.compile(r"([^A-Za-z0-9_])")
 _CAMEL = re.compile(r"([a-z])([A-Z])")
@@ -97,7 +104,9 @@ def bleu4(preds: Sequence[str], refs: Sequence[str]) -> float:
     hyps = [_joined(p) for p in preds]
     gold = [_joined(r) for r in refs]
     return float(
-        sacrebleu.corpus_bleu(hyps, [gold], tokenize="none", smooth_method="none", force=True).score
+        _sacrebleu()
+        .corpus_bleu(hyps, [gold], tokenize="none", smooth_method="none", force=True)
+        .score
     )
 
 
@@ -107,7 +116,7 @@ def sentence_bleu4(pred: str, ref: str) -> float:
     Uses sacrebleu's sentence BLEU (exponential smoothing, effective order) since a single
     short snippet often has no matching 4-gram.
     """
-    return float(sacrebleu.sentence_bleu(_joined(pred), [_joined(ref)], tokenize="none").score)
+    return float(_sacrebleu().sentence_bleu(_joined(pred), [_joined(ref)], tokenize="none").score)
 
 
 def chrf(preds: Sequence[str], refs: Sequence[str]) -> float:
@@ -115,7 +124,7 @@ def chrf(preds: Sequence[str], refs: Sequence[str]) -> float:
     _check_lengths(preds, refs)
     if not preds:
         return 0.0
-    return float(sacrebleu.corpus_chrf(list(preds), [list(refs)]).score)
+    return float(_sacrebleu().corpus_chrf(list(preds), [list(refs)]).score)
 
 
 # --------------------------------------------------------------------------- CodeBERTScore

@@ -1,6 +1,6 @@
 """The interpreter of the CF rule language: the cells of a table a rule highlights.
 
-Evaluation alone runs rules (``eval/metrics/cf.py``, execution match); the parser, the AST and
+Evaluation alone runs rules (``codefusion/scoring/metrics/cf.py``, execution match); the parser, the AST and
 the canonical form it works on are the library's (:mod:`codefusion.cfrules`), which masking and
 the data loaders need too.
 
@@ -45,7 +45,7 @@ from codefusion.cfrules import (
     parse,
 )
 
-__all__ = ["CFExecError", "execute"]
+__all__ = ["CFExecError", "execute", "needs_default", "tested_columns"]
 
 MAX_COLUMNS = 16_384  # Excel's column count (A..XFD); c[i] must stay below it
 
@@ -162,6 +162,8 @@ class _Table:
         # A column past the data reads as empty cells, as in a spreadsheet. The data needs this:
         # test gold 782 is NOT(Duplicates(c[2])) on a two-column table and the spec counts it
         # among the 116 items decided by execution. Only Excel's own limit is an error.
+        if j is None:  # a rule's column reference with its index removed (without_columns)
+            raise CFExecError("a column compared against has no index")
         if not 0 <= j < MAX_COLUMNS:
             raise CFExecError(f"column c[{j}] is beyond the sheet's {MAX_COLUMNS} columns")
         if j not in self._cols:
@@ -279,14 +281,23 @@ def _month_rows(cells: list[_Cell], shift: int) -> frozenset[int]:
     return _rows_where(cells, hit)
 
 
+def _subject_column(subject: Col | Len | None, default: int | None) -> int:
+    """The column a predicate tests: its ``c[i]``, or the default column (``LEN`` of a column
+    whose index was removed too)."""
+    col = subject.col if isinstance(subject, Len) else subject
+    j = default if col is None or col.index is None else col.index
+    if j is None:
+        raise CFExecError("rule needs a column but the table has none")
+    return j
+
+
 def _eval_pred(p: Pred, tbl: _Table, default: int | None) -> frozenset[int]:
     if isinstance(p.subject, Len):
-        cells: list[Any] = [float(len(c.text)) for c in tbl.column(p.subject.col.index)]
+        cells: list[Any] = [
+            float(len(c.text)) for c in tbl.column(_subject_column(p.subject, default))
+        ]
     else:
-        col = p.subject.index if p.subject is not None else default
-        if col is None:
-            raise CFExecError("rule needs a column but the table has none")
-        cells = tbl.column(col)
+        cells = tbl.column(_subject_column(p.subject, default))
     name = p.name
     idx = range(len(cells))
     if name in _ORDER or name == "between":
@@ -361,26 +372,42 @@ def _subjects(rule: Rule, default: int | None) -> set[int | None]:
     right is only compared against, never highlighted)."""
     if isinstance(rule, Logic):
         return set().union(*(_subjects(a, default) for a in rule.args))
-    s = rule.subject
-    return {s.col.index if isinstance(s, Len) else s.index if s is not None else default}
+    s = rule.subject.col if isinstance(rule.subject, Len) else rule.subject
+    return {default if s is None or s.index is None else s.index}
 
 
-def _needs_default(rule: Rule) -> bool:
+def needs_default(rule: Rule) -> bool:
+    """Whether some predicate of ``rule`` tests the default column (no ``c[i]`` subject)."""
     if isinstance(rule, Logic):
-        return any(_needs_default(a) for a in rule.args)
-    return rule.subject is None
+        return any(needs_default(a) for a in rule.args)
+    s = rule.subject.col if isinstance(rule.subject, Len) else rule.subject
+    return s is None or s.index is None
 
 
-def execute(text: str | Rule, data: list[list[Any]]) -> frozenset[tuple[int, int]]:
+def tested_columns(rule: Rule, data: list[list[Any]]) -> list[int]:
+    """The columns whose cells ``rule`` highlights on ``data``: its predicates' ``c[i]``, and
+    for those without one the table's default columns (see :func:`execute`)."""
+    tbl = _Table(data)
+    defaults = tbl.default_columns() if needs_default(rule) else [None]
+    return sorted({c for d in defaults for c in _subjects(rule, d) if c is not None})
+
+
+def execute(
+    text: str | Rule, data: list[list[Any]], defaults: list[int] | None = None
+) -> frozenset[tuple[int, int]]:
     """Highlighted cells of ``data`` (header row first) under the rule, as ``(row, col)``
     pairs with ``row`` 1-based into ``data`` (``data[row][col]``). Rules without ``c[i]``
-    apply to the Value column of Index/Value tables, to column 0 of a one-column table and to
-    each column otherwise. Raises :class:`CFParseError` or :class:`CFExecError`."""
+    apply to ``defaults``, each column on its own; by default the Value column of Index/Value
+    tables, column 0 of a one-column table and each column otherwise. Raises
+    :class:`CFParseError` or :class:`CFExecError`."""
     rule = parse(text) if isinstance(text, str) else text
     if not isinstance(rule, (Pred, Logic)):
         raise CFExecError("expected rule text or a parsed rule")
     tbl = _Table(data)
-    defaults: list[int | None] = list(tbl.default_columns()) if _needs_default(rule) else [None]
+    if not needs_default(rule):
+        defaults = [None]
+    elif defaults is None:
+        defaults = list(tbl.default_columns())
     out: set[tuple[int, int]] = set()
     for d in defaults:
         rows = _eval(rule, tbl, d)
