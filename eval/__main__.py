@@ -269,9 +269,9 @@ def _rescore(args: argparse.Namespace) -> int:
             train = load_benchmark(lang, "train", args.data)[0]
             splits[lang] = {
                 "test": load_benchmark(lang, "test", args.data)[0],
-                "heldout": holdout_examples(
-                    train, args.holdout_fraction, args.holdout_seed, lang
-                )[1],
+                "heldout": holdout_examples(train, args.holdout_fraction, args.holdout_seed, lang)[
+                    1
+                ],
             }
             if lang == "bash" and nl2bash is None:
                 nl2bash = _nl2bash_subset(args)
