@@ -256,6 +256,8 @@ def _print_summary(m: dict, out: Path) -> None:
 
 
 def _rescore(args: argparse.Namespace) -> int:
+    import json
+
     from codefusion.data import holdout_examples, load_benchmark
     from eval.harness import rescore
     from eval.tables import result_dirs
@@ -263,7 +265,14 @@ def _rescore(args: argparse.Namespace) -> int:
     splits: dict[str, dict[str, list[Example]]] = {}
     # A list asked for explicitly must exist, whatever the folders hold.
     nl2bash = _nl2bash_subset(args) if args.nl2bash_defined else None
-    for d in result_dirs([Path(x) for x in args.results], "predictions.jsonl"):
+    for d in result_dirs([Path(x) for x in args.results], "predictions.jsonl", repair=True):
+        if (d / "repair.json").is_file():  # a repair table (python -m eval repair)
+            from eval.beyond import rescore_repair
+
+            lang = json.loads((d / "repair.json").read_text())["benchmark"]
+            m = rescore_repair(d, load_benchmark(lang, "test", args.data)[0])
+            print(f"repair table re-scored ({len(m['rows'])} rows) -> {d}")
+            continue
         lang = _benchmark_of(d)
         if lang not in splits:
             train = load_benchmark(lang, "train", args.data)[0]

@@ -154,31 +154,44 @@ def _call(cmd: list[str]) -> None:
 
 
 def ablation_table(out: Path, rows: list[dict[str, Any]]) -> str:
-    """One line per row: test top-1/3/5, valid top-1, length accuracy, unique@5; held-out top-5."""
+    """One line per row: test top-1/3/5 under each figure (for CF: execution match,
+    selection-applied, strict), valid top-1, length accuracy, unique@5; held-out top-5 under
+    each figure and held-out valid top-1."""
+    sample = next((m for r in rows if (m := _metrics(out / r["name"] / "test")) is not None), {})
+    figures = ["main", *(sample.get("figures") or {})]
+    names = {"main": "exec" if sample.get("benchmark") == "cf" else "main"}
+    head = " / ".join(names.get(f, f.replace("_", "-")) for f in figures)
     lines = [
-        "| row | change | test top-1 | top-3 | top-5 | valid top-1 | length acc. | unique@5 "
-        "| held-out top-5 | held-out valid | held-out length acc. |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| row | change | test top-1/3/5 ({head}) | valid top-1 | length acc. | unique@5 "
+        f"| held-out top-5 ({head}) | held-out valid |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+
+    def f(v: float | None, digits: int = 1) -> str:
+        return "–" if v is None else f"{v:.{digits}f}"
+
+    def figure(m: dict | None, name: str) -> dict:
+        if m is None:
+            return {}
+        return m if name == "main" else (m.get("figures") or {}).get(name, {})
+
     for row in rows:
         t = _metrics(out / row["name"] / "test")
         h = _metrics(out / row["name"] / "heldout")
         if t is None and h is None:
             continue
-
-        def f(m: dict | None, key: str, digits: int = 1) -> str:
-            if m is None:
-                return "–"
-            v = m["diversity"]["unique@k"] if key == "unique" else m.get(key)
-            return "–" if v is None else f"{v:.{digits}f}"
-
+        test = " / ".join(
+            "/".join(f(figure(t, name).get(f"top{k}")) for k in (1, 3, 5)) for name in figures
+        )
+        held = " / ".join(f(figure(h, name).get("top5")) for name in figures)
+        unique = f(t["diversity"]["unique@k"], 2) if t else "–"
         label = row["label"] + (
             f" (retired: ran at {row['retired']})" if row.get("retired") else ""
         )
         lines.append(
-            f"| {row['name']} | {label} | {f(t, 'top1')} | {f(t, 'top3')} | {f(t, 'top5')} "
-            f"| {f(t, 'valid_top1')} | {f(t, 'length_acc')} | {f(t, 'unique', 2)} "
-            f"| {f(h, 'top5')} | {f(h, 'valid_top1')} | {f(h, 'length_acc')} |"
+            f"| {row['name']} | {label} | {test} | {f((t or {}).get('valid_top1'))} "
+            f"| {f((t or {}).get('length_acc'))} | {unique} | {held} "
+            f"| {f((h or {}).get('valid_top1'))} |"
         )
     return "\n".join(lines) + "\n"
 

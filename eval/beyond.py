@@ -245,7 +245,7 @@ def repair_eval(
     )
     index_of = list(range(len(examples)) if indices is None else indices)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, records = [], []
+    records: list[dict[str, Any]] = []
     total = sum(len(v) for v in items.values()) * len(strengths)
     t_start = time.perf_counter()
     with tqdm(total=total, desc="repair", unit="edit", disable=not progress) as bar:
@@ -269,13 +269,7 @@ def repair_eval(
                         )
                     )
                     bar.update(len(chunk))
-                hit1 = hitk = same = 0
                 for (i, bad), ex, cand in zip(todo, ex_of, cands, strict=True):
-                    ok = [scoring.correct(x.code, ex.code, ex.data)[0] for x in cand]
-                    unchanged = _same(cand[0].code, bad, benchmark)
-                    hit1 += ok[0]
-                    hitk += any(ok)
-                    same += unchanged
                     records.append(
                         {
                             "kind": kind,
@@ -284,21 +278,10 @@ def repair_eval(
                             "gold": ex.code,
                             "input": bad,
                             "candidates": [x.code for x in cand],
-                            "correct": ok,
-                            "unchanged": unchanged,
+                            "unchanged": _same(cand[0].code, bad, benchmark),
                         }
                     )
-                n = len(todo)
-                rows.append(
-                    {
-                        "kind": kind,
-                        "strength": s,
-                        "n": n,
-                        "repair_top1": 100 * hit1 / max(n, 1),
-                        f"repair_top{k}": 100 * hitk / max(n, 1),
-                        "unchanged_top1": 100 * same / max(n, 1),
-                    }
-                )
+    rows = score_repair(records, examples, benchmark, k, [(a, s) for a in kinds for s in strengths])
     metrics = {
         "benchmark": benchmark,
         "metric": scoring.metric,
@@ -316,18 +299,103 @@ def repair_eval(
     return metrics
 
 
+def score_repair(
+    records: list[dict[str, Any]],
+    examples: Sequence[Example],
+    benchmark: str,
+    k: int,
+    keys: Sequence[tuple[str, float]] = (),
+) -> list[dict[str, Any]]:
+    """The records' verdicts (``correct``, and ``figures`` for a language with further figures,
+    written into each record) and one row per (corruption, strength): repaired top-1 and top-k
+    under each figure, and how often the top-1 is the unchanged input; ``keys``: (corruption,
+    strength) rows in order, empty ones included."""
+    spec = language(benchmark)
+    figures = {"main": spec.correct, **{n: f.correct for n, f in spec.figures.items()}}
+    rows: dict[tuple[str, float], dict[str, Any]] = {}
+    for kind, strength in keys:
+        hits = {name: [0, 0] for name in figures}
+        rows[kind, strength] = {"kind": kind, "strength": strength, "n": 0, "hits": hits, "same": 0}
+    for r in records:
+        ex = examples[r["index"]]
+        verdicts = {
+            n: [fn(c, ex.code, ex.data)[0] for c in r["candidates"]] for n, fn in figures.items()
+        }
+        r["correct"] = verdicts.pop("main")
+        if verdicts:
+            r["figures"] = verdicts
+        row = rows.setdefault(
+            (r["kind"], r["strength"]),
+            {"kind": r["kind"], "strength": r["strength"], "n": 0, "hits": {}, "same": 0},
+        )
+        row["n"] += 1
+        row["same"] += r["unchanged"]
+        for name, ok in {"main": r["correct"], **verdicts}.items():
+            h = row["hits"].setdefault(name, [0, 0])
+            h[0] += ok[0]
+            h[1] += any(ok[:k])
+    out = []
+    for row in rows.values():
+        n = max(row["n"], 1)
+        main = row["hits"].pop("main")
+        entry = {
+            "kind": row["kind"],
+            "strength": row["strength"],
+            "n": row["n"],
+            "repair_top1": 100 * main[0] / n,
+            f"repair_top{k}": 100 * main[1] / n,
+            "unchanged_top1": 100 * row["same"] / n,
+        }
+        if row["hits"]:
+            entry["figures"] = {
+                name: {"repair_top1": 100 * a / n, f"repair_top{k}": 100 * b / n}
+                for name, (a, b) in row["hits"].items()
+            }
+        out.append(entry)
+    return out
+
+
+def rescore_repair(out_dir: Path, examples: Sequence[Example]) -> dict[str, Any]:
+    """Score a repair table's saved candidates again with the current metrics (the test split
+    given); rewrites predictions.jsonl, repair.json and table.md."""
+    path = out_dir / "repair.json"
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    records = [json.loads(line) for line in (out_dir / "predictions.jsonl").open(encoding="utf-8")]
+    for r in records:
+        if r["gold"] != examples[r["index"]].code:
+            raise UserError(f"{out_dir}: item {r['index']} is not that of the data given")
+    k = int(metrics["options"].get("k", 5))
+    keys = [(r["kind"], r["strength"]) for r in metrics["rows"]]
+    metrics["rows"] = score_repair(records, examples, metrics["benchmark"], k, keys)
+    metrics["metric"] = language(metrics["benchmark"]).metric
+    with (out_dir / "predictions.jsonl").open("w") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    (out_dir / "table.md").write_text(repair_table(metrics, k))
+    return metrics
+
+
 def repair_table(metrics: dict[str, Any], k: int = 5) -> str:
-    """Markdown: one row per (corruption, strength)."""
+    """Markdown: one row per (corruption, strength), each figure's repair rates."""
+    names = list(metrics["rows"][0].get("figures") or {}) if metrics["rows"] else []
+    head = " / ".join(["main", *[n.replace("_", "-") for n in names]])
+    head = f" ({head})" if names else ""
     lines = [
-        f"Repair of corrupted {metrics['benchmark']} test gold ({metrics['metric']}); "
-        f"top-{k} of {metrics['options']['num_draws']} edit draws.",
+        f"Repair of corrupted {metrics['benchmark']} test gold ({metrics['metric']}"
+        + (f"; then {', '.join(n.replace('_', '-') for n in names)}" if names else "")
+        + f"); top-{k} of {metrics['options']['num_draws']} edit draws.",
         "",
-        f"| corruption | strength | n | repaired top-1 | repaired top-{k} | unchanged top-1 |",
+        f"| corruption | strength | n | repaired top-1{head} | repaired top-{k}{head} "
+        "| unchanged top-1 |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in metrics["rows"]:
+        figs = [r, *[r["figures"][n] for n in names]]
+        t1 = " / ".join(f"{f['repair_top1']:.1f}" for f in figs)
+        tk = " / ".join(f"{f[f'repair_top{k}']:.1f}" for f in figs)
         lines.append(
-            f"| {r['kind']} | {r['strength']:g} | {r['n']} | {r['repair_top1']:.1f} | {r[f'repair_top{k}']:.1f} | {r['unchanged_top1']:.1f} |"
+            f"| {r['kind']} | {r['strength']:g} | {r['n']} | {t1} | {tk} | {r['unchanged_top1']:.1f} |"
         )
     left = "; ".join(
         f"{kind}: " + (", ".join(f"{v} {why}" for why, v in d.items() if v) or "none")
@@ -408,15 +476,24 @@ def _brief(m: dict[str, Any] | None) -> dict[str, Any] | None:
         "top5": m["top5"],
         "unique@5": m["diversity"]["unique@k"],
         "seconds": m.get("generation_seconds"),
+        "figures": {
+            n: {k: f[k] for k in ("top1", "top5")} for n, f in (m.get("figures") or {}).items()
+        },
     }
 
 
 def guidance_table(summary: dict[str, Any], splits: Sequence[str]) -> str:
-    head = "| w |"
-    rule = "|---:|"
+    first = next((r[s] for r in summary["rows"] for s in splits if r[s]), None) or {}
+    names = list(first.get("figures") or {})
+    extra = "".join(f" {n.replace('_', '-')} top-1/5 |" for n in names)
+    head, rule = "| w |", "|---:|"
     for s in splits:
-        head += f" {s} top-1 | {s} top-3 | {s} top-5 | {s} unique@5 |"
-        rule += "---:|---:|---:|---:|"
+        head += (
+            f" {s} top-1 | {s} top-3 | {s} top-5 |"
+            + extra.replace(" top-1/5", f" {s} top-1/5")
+            + f" {s} unique@5 |"
+        )
+        rule += "---:|" * (4 + len(names))
     lines = [head, rule]
     for r in summary["rows"]:
         mark = " (chosen)" if r["w"] == summary["chosen_on_heldout"] else ""
@@ -424,11 +501,12 @@ def guidance_table(summary: dict[str, Any], splits: Sequence[str]) -> str:
         for s in splits:
             b = r[s]
             if b is None:
-                cells += " – | – | – | – |"
-            else:
-                cells += (
-                    f" {b['top1']:.1f} | {b['top3']:.1f} | {b['top5']:.1f} | {b['unique@5']:.2f} |"
-                )
+                cells += " – |" * (4 + len(names))
+                continue
+            figs = "".join(
+                f" {b['figures'][n]['top1']:.1f} / {b['figures'][n]['top5']:.1f} |" for n in names
+            )
+            cells += f" {b['top1']:.1f} | {b['top3']:.1f} | {b['top5']:.1f} |{figs} {b['unique@5']:.2f} |"
         lines.append(cells)
     ns = ", ".join(
         f"{s}: {next((r[s]['n'] for r in summary['rows'] if r[s]), '?')} items" for s in splits

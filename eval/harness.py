@@ -230,6 +230,7 @@ _KEPT_ON_RESCORE = (
     "codebertscore_f1_top1",
     "codebertscore_f1_best_of_k",
     "system",
+    "split",
     "generation_seconds",
     "options",
     "stopped_at_deadline",
@@ -286,7 +287,7 @@ def rescore(
     candidates = [r["candidates"] for r in records]
     new_records, metrics = score(lang, examples, candidates, nl2bash if split == "test" else None)
     metrics.update({key: old[key] for key in _KEPT_ON_RESCORE if key in old})
-    metrics["split"] = split
+    metrics.setdefault("split", split)
     system = str(metrics.get("system", out_dir.name))
     _write_outputs(out_dir, new_records, metrics, system)
     return metrics

@@ -11,13 +11,17 @@ from codefusion.scoring.paper import BESIDE_PAPER, PAPER_TOPK
 from eval.harness import figure_label, figures_note, nl2bash_beside_paper_note, nl2bash_metric
 
 
-def result_dirs(dirs: list[Path], needs: str = "metrics.json") -> list[Path]:
-    """Result folders: each folder given that holds ``needs`` (and metrics.json), else its
-    subfolders that do (one level down)."""
+def result_dirs(dirs: list[Path], needs: str = "metrics.json", repair: bool = False) -> list[Path]:
+    """Result folders: each folder given that holds ``needs`` (and metrics.json, or with
+    ``repair`` a repair table's repair.json), else its subfolders that do (one level down)."""
     found = []
+
+    def holds(d: Path) -> bool:
+        return _holds(d, needs) or (repair and (d / "repair.json").is_file())
+
     for d in dirs:
         subdirs = sorted(d.iterdir()) if d.is_dir() else []
-        here = [d] if _holds(d, needs) else [x for x in subdirs if _holds(x, needs)]
+        here = [d] if holds(d) else [x for x in subdirs if x.is_dir() and holds(x)]
         if not here:
             raise UserError(f"{d}: no {needs} found")
         found.extend(here)
