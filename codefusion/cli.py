@@ -222,7 +222,8 @@ def _cmd_params(args: argparse.Namespace) -> int:
 def _cmd_build_tokenizer(args: argparse.Namespace) -> int:
     from codefusion.tokenizer import CodeTokenizer, tokenizer_corpus, train_bpe, truncation_report
 
-    tok = CodeTokenizer(train_bpe(tokenizer_corpus(args.data, args.python_corpus), args.vocab_size))
+    corpus = tokenizer_corpus(args.data, args.python_corpus)
+    tok = CodeTokenizer(train_bpe(corpus, args.vocab_size, scheme=args.scheme))
     tok.save_pretrained(args.out)
     print(f"vocabulary: {len(tok)} tokens -> {args.out}")
     for lang, share in truncation_report(tok, args.data, args.code_len).items():
@@ -355,6 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="benchmark data folder (default: $CODEFUSION_DATA)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--vocab-size", type=int, default=16384)
+    t.add_argument(
+        "--scheme",
+        choices=["literal", "bytelevel"],
+        default="literal",
+        help="literal (default): digits, punctuation and spaces cut apart, so a literal is the "
+        "same tokens in prompt and code; bytelevel: GPT-2's, the space fused into the next word",
+    )
     t.add_argument("--python-corpus", help="Python snippet file (default: built from the stdlib)")
     t.add_argument(
         "--code-len", type=int, default=128, help="canvas length for the truncation report"

@@ -25,6 +25,9 @@ _LEGACY_KEYS = ("mask_id", "extra")
 _REMOVED_OPTIONS = {"tie_embeddings": False, "length_head": False, "schedule_offset": 1e-4}
 
 
+PREDICTIONS = ("x0", "eps", "tokens")
+
+
 @dataclass
 class CodeFusionConfig:
     """Sizes of E, N, D, H, L and of the diffusion process."""
@@ -58,7 +61,13 @@ class CodeFusionConfig:
     embedding_init_std: float | None = None
     # Self-conditioning (Chen et al., Analog Bits): N also reads its own previous estimate of x0.
     self_condition: bool = True
-    # Diffusion: square-root schedule over T steps; N predicts x0 (see diffusion.py for why).
+    # A pointer over the prompt's tokens mixed into H's distribution (model.CopyHead): a literal
+    # of the prompt can be copied. Needs a tokenizer that makes literals the same tokens in
+    # prompt and code (the ``literal`` scheme).
+    copy: bool = False
+    # Diffusion: square-root schedule over T steps; N predicts x0 (see diffusion.py for why),
+    # eps (the paper's literal reading), or a distribution over tokens whose expected L is x0
+    # (``tokens``: CDCD's score interpolation; with ``copy`` N points into the prompt too).
     diffusion_steps: int = 1200
     prediction: str = "x0"
 
@@ -69,8 +78,10 @@ class CodeFusionConfig:
             )
         if self.encoder is None and self.encoder_dim % self.encoder_heads:
             raise ConfigError("encoder_dim must be divisible by encoder_heads")
-        if self.prediction not in ("x0", "eps"):
-            raise ConfigError(f"prediction must be 'x0' or 'eps', not {self.prediction!r}")
+        if self.prediction not in PREDICTIONS:
+            raise ConfigError(
+                f"prediction must be one of {', '.join(PREDICTIONS)}, not {self.prediction!r}"
+            )
         for name in ("vocab_size", "code_len", "diffusion_steps", "latent_dim", "max_prompt_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive")

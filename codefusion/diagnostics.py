@@ -23,7 +23,7 @@ import torch
 
 from codefusion.batch import Batch
 from codefusion.diffusion import content_mask, predict_x0
-from codefusion.model import CodeFusionModel, attention_mask
+from codefusion.model import CodeFusionModel, Prompt, attention_mask
 from codefusion.schedule import SqrtSchedule
 
 if TYPE_CHECKING:
@@ -58,7 +58,9 @@ def model_diagnostics(
         return float(((tokens == batch.code_ids) & content).sum() / n_content)
 
     x0 = model.embed_code(batch.code_ids)
-    out = {"decoder_clean_acc": acc(model.logits(model.decode(x0, kv_d, cross_mask)).argmax(-1))}
+    prompt = Prompt(enc, batch.prompt_mask.bool(), batch.prompt_ids)
+    h = model.decode(x0, kv_d, cross_mask)
+    out = {"decoder_clean_acc": acc(model.token_logprobs(h, prompt).argmax(-1))}
     table = model.code_table()  # [V, Dz]
     for t in steps:
         tt = torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device)
@@ -66,9 +68,9 @@ def model_diagnostics(
         x_t = schedule.q_sample(x0, tt, eps)
         # As in sampling: a self-conditioned N reads zeros, then its own estimate.
         zeros = torch.zeros_like(x0) if cfg.self_condition else None
-        x0_hat = predict_x0(model, schedule, x_t, tt, kv_n, cross_mask, zeros)
+        x0_hat = predict_x0(model, schedule, x_t, tt, kv_n, cross_mask, zeros, prompt)
         if cfg.self_condition:
-            x0_hat = predict_x0(model, schedule, x_t, tt, kv_n, cross_mask, x0_hat)
+            x0_hat = predict_x0(model, schedule, x_t, tt, kv_n, cross_mask, x0_hat, prompt)
         out[f"x0_nn_acc@{t}"] = acc((x0_hat @ table.T).argmax(-1))
     return out
 

@@ -18,6 +18,9 @@ the README's ablation chose on held-out data (the default):
   D on N's estimate at the drawn t, mostly blurred) teaches D to ignore its input and generate
   from E(s) alone; "clean" (the recipe) trains D on L(y): D becomes the rounding step of GENIE
   and Diffusion-LM.
+- **The lowest training noise** (``min_t``): t is drawn from [min_t T, T); 0 (the recipe) is
+  every step. DINOISER's point: at the nearly clean steps x_t gives the answer away, and N
+  learns to ignore the prompt there.
 - **Self-conditioning** (model config ``self_condition``): with probability
   ``self_cond_prob`` per batch, N first estimates x0 without gradient and then reads that
   estimate as an extra input (Chen et al., Analog Bits); otherwise the extra input is zero.
@@ -35,11 +38,12 @@ import random
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from codefusion.batch import Batch
 from codefusion.kernels import linear_cross_entropy
-from codefusion.model import CodeFusionModel, attention_mask
+from codefusion.model import CodeFusionModel, Prompt, attention_mask
 from codefusion.schedule import SqrtSchedule
 from codefusion.tokenizer import up_to_first_stop
 
@@ -75,10 +79,11 @@ def predict_x0(
     kv: list,
     cross_mask: torch.Tensor | None,
     x0_prev: torch.Tensor | None = None,
+    prompt: Prompt | None = None,
 ) -> torch.Tensor:
-    """N's estimate of x0, whatever N's parametrisation (x0, or eps converted)."""
-    out = model.denoise(x_t, t, kv, cross_mask, x0_prev)
-    return out if model.config.prediction == "x0" else schedule.x0_from_eps(x_t, t, out)
+    """N's estimate of x0, whatever N's parametrisation (x0, tokens, or eps converted)."""
+    out = model.denoise(x_t, t, kv, cross_mask, x0_prev, prompt)
+    return schedule.x0_from_eps(x_t, t, out) if model.config.prediction == "eps" else out
 
 
 class CodeFusionObjective(nn.Module):
@@ -95,6 +100,7 @@ class CodeFusionObjective(nn.Module):
         noise_weighting: str = "x0",
         decoder_input: str = "clean",
         self_cond_prob: float = 0.5,
+        min_t: float = 0.0,
     ) -> None:
         if noise_weighting not in NOISE_WEIGHTINGS:
             raise ValueError(
@@ -109,6 +115,9 @@ class CodeFusionObjective(nn.Module):
         self.schedule, self.pad_weight, self.weights = schedule, pad_weight, weights
         self.noise_weight = NOISE_WEIGHTINGS[noise_weighting]
         self.decoder_input, self.self_cond_prob = decoder_input, self_cond_prob
+        if not 0.0 <= min_t < 1.0:
+            raise ValueError(f"min_t must lie in [0, 1), not {min_t}")
+        self.t_low = int(min_t * schedule.steps)
 
     def encoder_states(
         self, model: CodeFusionModel, batch: Batch
@@ -123,6 +132,20 @@ class CodeFusionObjective(nn.Module):
         mask = torch.where(u[:, None], torch.ones_like(batch.prompt_mask), batch.prompt_mask)
         return enc, attention_mask(mask)
 
+    def cross_entropy(
+        self, model: CodeFusionModel, h: torch.Tensor, batch: Batch, enc: torch.Tensor, w
+    ) -> torch.Tensor:
+        """-sum_positions w log p(y) of H (and the pointer, when the model copies). Without a
+        pointer a fused kernel on CUDA that never holds [B*C, V] fp32 logits."""
+        y = batch.code_ids
+        if model.copy is None:
+            return linear_cross_entropy(
+                h.flatten(0, 1), model.head.weight, model.head.bias, y.flatten(), w.flatten()
+            )
+        logp_y = F.log_softmax(model.logits(h).float(), -1).gather(-1, y[..., None])[..., 0]
+        prompt = Prompt(enc, batch.prompt_mask.bool(), batch.prompt_ids)
+        return -(model.copy.target_logprob(logp_y, h, prompt, y) * w).sum()
+
     def forward(
         self, model: CodeFusionModel, batch: Batch, with_accuracy: bool = False
     ) -> dict[str, torch.Tensor]:
@@ -132,7 +155,7 @@ class CodeFusionObjective(nn.Module):
         kv_n, kv_d = model.cross_kv(enc)
 
         x0 = model.embed_code(batch.code_ids)  # L(y)  [B, C, Dz]
-        t = torch.randint(0, sched.steps, (x0.shape[0],), device=x0.device)
+        t = torch.randint(self.t_low, sched.steps, (x0.shape[0],), device=x0.device)
         eps = torch.randn_like(x0)
         x_t = sched.q_sample(x0, t, eps)
 
@@ -140,12 +163,18 @@ class CodeFusionObjective(nn.Module):
         # estimate. Always a tensor: a compiled N sees one input signature either way. The coin
         # is host-side (Python's RNG, saved in checkpoints): no device sync. Under DDP the ranks
         # may differ; every parameter of N gets a gradient either way.
+        # The pointer reads the real prompt (an unconditional row's is just </s>).
+        prompt = Prompt(enc, batch.prompt_mask.bool(), batch.prompt_ids)
         x0_prev = torch.zeros_like(x0) if cfg.self_condition else None
         if cfg.self_condition and random.random() < self.self_cond_prob:
             with torch.no_grad():
-                x0_prev = predict_x0(model, sched, x_t, t, kv_n, cross_mask, x0_prev)
+                x0_prev = predict_x0(model, sched, x_t, t, kv_n, cross_mask, x0_prev, prompt)
             x0_prev = x0_prev.detach().to(x0.dtype)  # autocast's bf16 as the zeros' dtype
-        x0_hat = predict_x0(model, sched, x_t, t, kv_n, cross_mask, x0_prev)  # N
+        logp_n = None
+        if cfg.prediction == "tokens":  # N's distribution over tokens, trained by its own CE
+            x0_hat, logp_n = model.denoise(x_t, t, kv_n, cross_mask, x0_prev, prompt, True)
+        else:
+            x0_hat = predict_x0(model, sched, x_t, t, kv_n, cross_mask, x0_prev)  # N
         h = model.decode(x0 if self.decoder_input == "clean" else x0_hat, kv_d, cross_mask)  # D
 
         w = position_weights(batch.code_ids, cfg.pad_id, cfg.eos_id, self.pad_weight)
@@ -153,15 +182,9 @@ class CodeFusionObjective(nn.Module):
         x0_err = (x0_hat - x0).float().pow(2).mean(-1)  # [B, C]
         noise = (self.noise_weight(sched.snr(t))[:, None] * x0_err * w).sum() / rows
         decoder = ((h - x0).float().pow(2).mean(-1) * w).sum() / rows
-        # H + cross-entropy; on CUDA a fused kernel that never holds [B*C, V] fp32 logits.
-        ce = linear_cross_entropy(
-            h.flatten(0, 1),
-            model.head.weight,
-            model.head.bias,
-            batch.code_ids.flatten(),
-            w.flatten(),
-        )
-        ce = ce / rows
+        ce = self.cross_entropy(model, h, batch, enc, w) / rows  # H (+ the pointer)
+        if logp_n is not None:  # CDCD: N's token distribution is scored like H's
+            noise = noise - (logp_n.gather(-1, batch.code_ids[..., None])[..., 0] * w).sum() / rows
         a, b, c = self.weights
         out = {
             "noise": noise,
@@ -172,6 +195,8 @@ class CodeFusionObjective(nn.Module):
         if with_accuracy:
             with torch.no_grad():
                 content = content_mask(batch.code_ids, cfg.pad_id, cfg.eos_id)
-                hits = (model.logits(h).argmax(-1) == batch.code_ids) & content
+                prompt = Prompt(enc, batch.prompt_mask.bool(), batch.prompt_ids)
+                tokens = model.token_logprobs(h, prompt).argmax(-1)
+                hits = (tokens == batch.code_ids) & content
                 out["token_acc"] = hits.sum() / content.sum().clamp_min(1)
         return out

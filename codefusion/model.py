@@ -17,6 +17,7 @@ codefusion/sampling). Model FLOPs are counted in ``codefusion/flops.py``.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +125,67 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+class Prompt(NamedTuple):
+    """The prompt as the copy head reads it: E(s), its padding mask and its token ids, one row
+    per prompt (a prompt's draws share them, as they share the cross-attention K/V)."""
+
+    enc: torch.Tensor  # [P, S, De]
+    mask: torch.Tensor  # [P, S] bool: True = a token
+    ids: torch.Tensor  # [P, S] int64
+
+
+class CopyHead(nn.Module):
+    """A pointer over the prompt's tokens, mixed with H's distribution by a learnt gate per
+    position (pointer-generator, See et al. 2017; CopyNet's idea):
+
+        p(v) = g p_H(v) + (1 - g) sum_s a_s [s's token = v],   a = softmax_s(q(h) . k(E(s)_s))
+
+    so a literal of the prompt (the same token ids in prompt and code: the ``literal``
+    tokenizer) can be copied whatever H has learnt of it."""
+
+    def __init__(self, in_dim: int, enc_dim: int, dim: int = 64):
+        super().__init__()
+        self.q = nn.Linear(in_dim, dim)
+        self.k = nn.Linear(enc_dim, dim)
+        self.gate = nn.Linear(in_dim, 1)
+        nn.init.constant_(self.gate.bias, 2.0)  # start mostly generating: p_H dominates
+
+    def attend(self, h: torch.Tensor, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log a [B, C, S] over prompt positions, log g [B, C, 1]); B = P x draws rows."""
+        b, c, _ = h.shape
+        rows = prompt.enc.shape[0]
+        q = self.q(h).view(rows, b // rows * c, -1)  # a prompt's draws fold into its queries
+        k = self.k(prompt.enc)
+        scores = (q @ k.transpose(1, 2)).float() / math.sqrt(q.shape[-1])
+        scores = scores.masked_fill(~prompt.mask[:, None, :], -torch.inf)
+        log_a = F.log_softmax(scores, dim=-1).view(b, c, -1)
+        return log_a, F.logsigmoid(self.gate(h).float())
+
+    def mix(self, logp_vocab: torch.Tensor, h: torch.Tensor, prompt: Prompt) -> torch.Tensor:
+        """log p(v) for every v: [B, C, V] (the decode step: H's and the pointer's mixed)."""
+        log_a, log_g = self.attend(h, prompt)
+        b, c, s = log_a.shape
+        rows = prompt.ids.shape[0]
+        index = prompt.ids.repeat_interleave(b // rows, 0)[:, None, :].expand(b, c, s)
+        copy = torch.zeros_like(logp_vocab).scatter_add_(-1, index, log_a.exp())
+        log_not_g = torch.log1p(-log_g.exp().clamp(max=1 - 1e-6))
+        return torch.logaddexp(log_g + logp_vocab, log_not_g + copy.clamp_min(1e-30).log())
+
+    def target_logprob(
+        self, logp_vocab_y: torch.Tensor, h: torch.Tensor, prompt: Prompt, y: torch.Tensor
+    ) -> torch.Tensor:
+        """log p(y) at the targets y [B, C] (training: no [B, C, V] copy table needed)."""
+        log_a, log_g = self.attend(h, prompt)
+        rows = prompt.ids.shape[0]
+        ids = prompt.ids.repeat_interleave(y.shape[0] // rows, 0)
+        hit = ids[:, None, :] == y[:, :, None]  # [B, C, S]
+        # In probability space: a target found nowhere in the prompt copies with p = 0, and
+        # log(0 + tiny) keeps the gradients finite (a logsumexp over nothing would not).
+        log_copy = (log_a.exp() * hit).sum(-1).clamp_min(1e-30).log()
+        log_not_g = torch.log1p(-log_g.exp().clamp(max=1 - 1e-6))
+        return torch.logaddexp(log_g[..., 0] + logp_vocab_y, log_not_g[..., 0] + log_copy)
+
+
 class Stack(nn.Module):
     """A stack of blocks between the latent space and the hidden width (used by N and D)."""
 
@@ -162,13 +224,19 @@ class Denoiser(Stack):
     """N: predicts the clean embedding x0 from x_t, the timestep and the prompt encoding.
 
     With ``self_condition`` N also reads its previous estimate of x0 (zeros when there is none),
-    concatenated to x_t along the latent dim: [B, C, 2 Dz] -> in_proj.
+    concatenated to x_t along the latent dim: [B, C, 2 Dz] -> in_proj. With ``prediction:
+    tokens`` N predicts a distribution over tokens at each position (its own vocabulary head,
+    and a pointer over the prompt when the model copies) and x0 = sum_v p(v) L(v), CDCD's score
+    interpolation: a copied token steers every denoising step.
     """
 
     def __init__(self, cfg: CodeFusionConfig, kv_dim: int):
         in_dim = cfg.latent_dim * (2 if cfg.self_condition else 1)
         super().__init__(cfg, kv_dim, cfg.denoiser_layers, conditioned=True, in_dim=in_dim)
         self.self_condition = cfg.self_condition
+        tokens = cfg.prediction == "tokens"
+        self.token_head = nn.Linear(cfg.latent_dim, cfg.vocab_size) if tokens else None
+        self.copy = CopyHead(cfg.latent_dim, kv_dim) if tokens and cfg.copy else None
         d = cfg.hidden_dim
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.time_mod = nn.Sequential(nn.SiLU(), nn.Linear(d, 9 * d))
@@ -182,7 +250,10 @@ class Denoiser(Stack):
         cross_kv: list[KV],
         cross_mask: torch.Tensor | None,
         x0_prev: torch.Tensor | None = None,  # [B, C, Dz] self-conditioning input
-    ) -> torch.Tensor:
+        prompt: Prompt | None = None,  # prediction tokens with a pointer: what it copies from
+        table: torch.Tensor | None = None,  # prediction tokens: L of every token [V, Dz]
+        return_logp: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.self_condition:
             x_t = torch.cat([x_t, torch.zeros_like(x_t) if x0_prev is None else x0_prev], -1)
         # N's own dtype for its inputs: a no-op for the fp32 model (autocast casts in training);
@@ -192,7 +263,14 @@ class Denoiser(Stack):
         temb = self.time_mlp(timestep_embedding(t, self.in_proj.out_features).to(dtype))  # [B, d]
         cond = self.time_mod(temb).view(t.shape[0], 9, -1)
         # The timestep enters twice: added to every position, and through adaLN modulation.
-        return self.run(x_t, cross_kv, cross_mask, cond=cond, bias=temb)
+        out = self.run(x_t, cross_kv, cross_mask, cond=cond, bias=temb)
+        if self.token_head is None:
+            return out
+        logp = F.log_softmax(self.token_head(out).float(), dim=-1)  # [B, C, V]
+        if self.copy is not None:
+            logp = self.copy.mix(logp, out, prompt)
+        x0 = logp.exp().to(table.dtype) @ table  # E_p[L(v)]
+        return (x0, logp) if return_logp else x0
 
 
 class Decoder(Stack):
@@ -237,6 +315,7 @@ class CodeFusionModel(nn.Module):
         self.denoiser = Denoiser(cfg, kv_dim)  # N
         self.decoder = Decoder(cfg, kv_dim)  # D
         self.head = nn.Linear(cfg.latent_dim, cfg.vocab_size)  # H
+        self.copy = CopyHead(cfg.latent_dim, kv_dim) if cfg.copy else None  # H's pointer
         self.code_embedding = nn.Embedding(cfg.vocab_size, cfg.latent_dim)  # L
         nn.init.normal_(
             self.code_embedding.weight, std=cfg.embedding_init_std or cfg.latent_dim**-0.5
@@ -276,9 +355,16 @@ class CodeFusionModel(nn.Module):
         kv: list[KV],
         cross_mask: torch.Tensor | None,
         x0_prev: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """N(x_t, t, E(s) [, previous x0_hat]) -> x0_hat (or eps_hat, see ``prediction``)."""
-        return self.denoiser(x_t, t, kv, cross_mask, x0_prev)
+        prompt: Prompt | None = None,
+        return_logp: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """N(x_t, t, E(s) [, previous x0_hat]) -> x0_hat (or eps_hat, see ``prediction``; with
+        ``prediction: tokens`` x0_hat = E_p[L], and with ``return_logp`` also log p [B, C, V])."""
+        if self.denoiser.token_head is None:
+            return self.denoiser(x_t, t, kv, cross_mask, x0_prev)
+        return self.denoiser(
+            x_t, t, kv, cross_mask, x0_prev, prompt, self.code_table(), return_logp
+        )
 
     def decode(
         self, x0: torch.Tensor, kv: list[KV], cross_mask: torch.Tensor | None
@@ -287,8 +373,16 @@ class CodeFusionModel(nn.Module):
         return self.decoder(x0, kv, cross_mask)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """H: [B, C, Dz] -> [B, C, V]."""
+        """H: [B, C, Dz] -> [B, C, V] (the vocabulary's logits, the pointer aside)."""
         return self.head(h)
+
+    def token_logprobs(self, h: torch.Tensor, prompt: Prompt | None = None) -> torch.Tensor:
+        """log p(token) at every position [B, C, V]: H's, mixed with the pointer over the
+        prompt when the model copies (``prompt`` then required)."""
+        logp = F.log_softmax(self.logits(h).float(), dim=-1)
+        if self.copy is None:
+            return logp
+        return self.copy.mix(logp, h, prompt)
 
     def parameter_counts(self) -> dict[str, int]:
         parts = {
@@ -298,6 +392,8 @@ class CodeFusionModel(nn.Module):
             "head H": self.head,
             "embedding L": self.code_embedding,
         }
+        if self.copy is not None:
+            parts["copy head"] = self.copy
         counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
         counts["total"] = sum(counts.values())
         return counts

@@ -31,7 +31,7 @@ from codefusion.config import CodeFusionConfig, preset
 from codefusion.errors import GenerationError, ModelLoadError
 from codefusion.generator import Candidate, Generator, check_prompts, rank_candidates
 from codefusion.infill import DEFAULT_MAX_FILL, InfillPlan, Layout, fill_ids, parse_template
-from codefusion.model import CodeFusionModel, attention_mask
+from codefusion.model import CodeFusionModel, Prompt, attention_mask
 from codefusion.sampling import Known, SampleOutput, SamplingOptions, sample
 from codefusion.schedule import SqrtSchedule
 from codefusion.tokenizer import CodeTokenizer
@@ -180,9 +180,10 @@ class CodeFusion(Generator):
         # length): SDPA can then take its flash kernel. Decided on the host copy: no sync.
         cross_mask = None if bool(mask.all()) else attention_mask(mask.to(dev))
         gen = torch.Generator(device=dev).manual_seed(seed)
+        prompt = Prompt(enc, mask.to(dev).bool(), ids.to(dev)) if self.model.copy else None
         return sample(
             self.model, self.schedule, enc, cross_mask, num_draws, gen, options, known, trace_at,
-            start,
+            start, prompt,
         )  # fmt: skip
 
     # --- infilling ---------------------------------------------------------------------------

@@ -55,13 +55,45 @@ class TokenizerError(UserError):
     """A tokenizer cannot be built or loaded, or lacks a token the model needs."""
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int = 16384, min_frequency: int = 2):
-    """Train a byte-level BPE; returns a ``PreTrainedTokenizerFast``."""
+def _pretokenizer(scheme: str):
+    """How text is cut before BPE merges (nothing merges across a cut).
+
+    - ``literal`` (the default): whitespace runs, each punctuation character and each digit are
+      pieces of their own, then byte-level. A literal is then the same tokens wherever it
+      stands: ``85`` in "greater than 85" and in ``GreaterThan(85)``, ``Bull`` in "'Bull'" and
+      in ``TextEquals(Bull)``, so a model can copy it from the prompt. Text round-trips exactly.
+    - ``bytelevel``: GPT-2's byte-level pre-tokenizer (CodeT5's kind, the paper's): the space
+      before a word is fused into its first token, so `` 85`` in a prompt and ``85`` after ``(``
+      in code are different tokens.
+    """
+    from tokenizers import Regex, pre_tokenizers
+
+    if scheme == "bytelevel":
+        return pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if scheme == "literal":
+        return pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(r"\s+"), behavior="isolated"),
+                pre_tokenizers.Punctuation(behavior="isolated"),
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    raise TokenizerError(f"unknown tokenizer scheme {scheme!r}: choose literal or bytelevel")
+
+
+SCHEMES = ("literal", "bytelevel")
+
+
+def train_bpe(
+    texts: Iterable[str], vocab_size: int = 16384, min_frequency: int = 2, scheme: str = "literal"
+):
+    """Train a byte-level BPE with the pre-tokenizer of ``scheme``; a ``PreTrainedTokenizerFast``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = _pretokenizer(scheme)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -109,6 +141,14 @@ class CodeTokenizer:
 
     def save_pretrained(self, path: str | Path) -> None:
         self.hf.save_pretrained(str(path))
+
+    @property
+    def scheme(self) -> str | None:
+        """The pre-tokenizer scheme this BPE was trained with (:func:`train_bpe`), or None for a
+        tokenizer of another kind (a local CodeT5 directory)."""
+        pre = getattr(getattr(self.hf, "backend_tokenizer", None), "pre_tokenizer", None)
+        name = type(pre).__name__
+        return {"Sequence": "literal", "ByteLevel": "bytelevel"}.get(name)
 
     @property
     def pad_id(self) -> int:

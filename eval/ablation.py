@@ -21,7 +21,8 @@ null`` from the base), so the table reads as "one change added on top of the pre
         reuse_model: true                    # no training: the parent row's model, new options
         generate: {rank: votes}
 
-A row with ``retired: COMMIT`` used an option removed since (the commit has it): its saved
+A plan-level ``set`` applies to every row (before the rows' own). A row with
+``retired: COMMIT`` used an option removed since (the commit has it): its saved
 results are tabulated, nothing is trained or run for it.
 
 For every row: train (skipped when ``<out>/<name>/model`` exists), then score the held-out share
@@ -72,7 +73,11 @@ def resolve_rows(plan: dict[str, Any]) -> list[dict[str, Any]]:
         parent = row.get("inherit", prev)
         if parent is not None and parent not in done:
             raise PlanError(f"row {row['name']}: inherits from unknown row {parent!r}")
-        base = done[parent] if parent is not None else {"set": [], "generate": {}}
+        base = (
+            done[parent]
+            if parent is not None
+            else {"set": list(plan.get("set") or []), "generate": {}}
+        )
         sets = list(base["set"])
         for key, value in (row.get("both") or {}).items():
             for stage in ("pretrain", "finetune"):

@@ -44,9 +44,9 @@ def _record_decoded(monkeypatch):
     seen: list[torch.Tensor] = []
     real = loop.decode_tokens
 
-    def spy(model, x0, kv, mask, known=None):
+    def spy(model, x0, kv, mask, known=None, prompt=None):
         seen.append(x0.clone())
-        return real(model, x0, kv, mask, known)
+        return real(model, x0, kv, mask, known, prompt)
 
     monkeypatch.setattr(loop, "decode_tokens", spy)
     monkeypatch.setattr(graph_mod, "decode_tokens", spy)

@@ -75,9 +75,9 @@ def test_self_conditioning_reads_the_first_estimate(tiny_tokenizer, monkeypatch)
     calls = []
     real = cf.model.denoise
 
-    def spy(x_t, t, kv, mask, x0_prev=None):
+    def spy(x_t, t, kv, mask, x0_prev=None, *rest):
         calls.append(x0_prev)
-        return real(x_t, t, kv, mask, x0_prev)
+        return real(x_t, t, kv, mask, x0_prev, *rest)
 
     monkeypatch.setattr(cf.model, "denoise", spy)
     obj = CodeFusionObjective(cf.schedule, self_cond_prob=1.0)

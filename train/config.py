@@ -78,6 +78,12 @@ class StageConfig:
     noise_weighting: str = "x0"  # x0 | snr (the paper's ||eps_hat - eps||^2)
     decoder_input: str = "clean"  # clean | x0_hat (the paper's reading)
     self_cond_prob: float = 0.5  # share of batches that self-condition (model: self_condition)
+    # Training steps are drawn from [min_t * T, T): the nearly clean steps, where x_t alone
+    # gives the answer away, are left out, so that N must lean on the prompt (DINOISER).
+    min_t: float = 0.0
+    # Fine-tuning only: a model directory whose top-1 for each training prompt replaces the gold
+    # (sequence-level distillation; train/data.py).
+    distill_from: str | None = None
     # Generation on the held-out share at each validation (fine-tuning): items (0 = none),
     # sampling steps and draws. Logs val/top1, val/top5, val/valid_top1, val/length_acc.
     val_generate: int = 0
@@ -129,6 +135,9 @@ class TokenizerConfig:
     path: str = "runs/tokenizers/all-16k"
     vocab_size: int = 16384
     languages: list[str] = field(default_factory=lambda: ["cf", "bash", "python"])
+    # literal: digits, punctuation and whitespace cut apart, so that a literal is the same tokens
+    # in prompt and code; bytelevel: GPT-2's (the paper's CodeT5 kind). codefusion/tokenizer.py.
+    scheme: str = "literal"
 
 
 @dataclass

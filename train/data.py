@@ -131,6 +131,30 @@ class Collator:
         return Batch(ids, mask, code, torch.tensor([r.uncond for r in rows]))
 
 
+def distilled_pairs(
+    teacher_dir: str, pairs: list[tuple[str, str]], batch_size: int = 32
+) -> list[tuple[str, str]]:
+    """Sequence-level distillation (Kim & Rush 2016), standard for non-autoregressive models:
+    each training prompt paired with the teacher's top-1 (its default decoding, e.g. the T5
+    baseline's beam search) instead of the gold. The held-out share keeps its gold."""
+    import warnings
+
+    from codefusion.auto import load_generator
+
+    teacher = load_generator(teacher_dir)
+    prompts = [p for p, _ in pairs]
+    out: list[tuple[str, str]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # truncation warnings per prompt
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            tops = teacher.generate(chunk, k=1, allow_empty=True)
+            out += [(p, top[0].code if top else "") for p, top in zip(chunk, tops, strict=True)]
+    same = sum(a == b for (_, a), (_, b) in zip(out, pairs, strict=True))
+    log.info("distilled %d pairs from %s (%d equal to their gold)", len(out), teacher_dir, same)
+    return [(p, c) for p, c in out if c.strip()]
+
+
 class CodeFusionDataModule(L.LightningDataModule):
     """Data of one stage: ``stage`` is "pretrain" or "finetune"."""
 
@@ -151,9 +175,10 @@ class CodeFusionDataModule(L.LightningDataModule):
         num_workers: int = 0,
         prompt_dropout: float = 0.0,
         bucket_prompts: bool = False,
+        distill_from: str | None = None,
     ) -> None:
         super().__init__()
-        self.prompt_dropout = prompt_dropout
+        self.prompt_dropout, self.distill_from = prompt_dropout, distill_from
         self.val_examples: list[Example] = []  # fine-tuning: the held-out examples
         if stage not in ("pretrain", "finetune"):
             raise ValueError(f"unknown stage {stage!r}")
@@ -186,9 +211,10 @@ class CodeFusionDataModule(L.LightningDataModule):
             train, val = holdout_examples(examples, self.val_fraction, self.seed, self.lang)
             log.info("held out %d of %d rows (whole programs)", len(val), len(examples))
             self.val_examples = val
-            self.train_set = PairDataset(
-                [(e.prompt, e.code) for e in train], self.prompt_dropout, self.seed
-            )
+            pairs = [(e.prompt, e.code) for e in train]
+            if self.distill_from is not None:
+                pairs = distilled_pairs(self.distill_from, pairs)
+            self.train_set = PairDataset(pairs, self.prompt_dropout, self.seed)
             self.val_set = PairDataset([(e.prompt, e.code) for e in val])
         _, cut = self.tok.encode_code(
             [r.code for r in (self.train_set[i] for i in range(min(2000, len(self.train_set))))],

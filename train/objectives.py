@@ -59,7 +59,7 @@ class Seq2SeqObjective(nn.Module):
 
 
 # The stage settings the diffusion objective takes, by name.
-DIFFUSION_KEYS = ("pad_weight", "noise_weighting", "decoder_input", "self_cond_prob")
+DIFFUSION_KEYS = ("pad_weight", "noise_weighting", "decoder_input", "self_cond_prob", "min_t")
 
 
 def diffusion_objective(model, st: StageConfig) -> CodeFusionObjective:

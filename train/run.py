@@ -47,13 +47,23 @@ def ensure_tokenizer(cfg: RunConfig) -> CodeTokenizer:
     On several processes rank zero trains it and the others wait for it to appear: it is
     written to a temporary folder and renamed into place, so it appears whole."""
     path = Path(cfg.tokenizer.path)
+
+    def load() -> CodeTokenizer:
+        tok = CodeTokenizer.from_pretrained(path)
+        if tok.scheme is not None and tok.scheme != cfg.tokenizer.scheme:
+            raise RunConfigError(
+                f"{path} holds a {tok.scheme} tokenizer but tokenizer.scheme is "
+                f"{cfg.tokenizer.scheme}: set tokenizer.path to another folder or delete it"
+            )
+        return tok
+
     if _has_tokenizer(path):
-        return CodeTokenizer.from_pretrained(path)
+        return load()
     if not is_rank_zero():
         wait_until(lambda: _has_tokenizer(path), f"the tokenizer {path}")
-        return CodeTokenizer.from_pretrained(path)
+        return load()
     corpus = tokenizer_corpus(cfg.data_dir, cfg.python_corpus, cfg.tokenizer.languages)
-    tok = CodeTokenizer(train_bpe(corpus, cfg.tokenizer.vocab_size))
+    tok = CodeTokenizer(train_bpe(corpus, cfg.tokenizer.vocab_size, scheme=cfg.tokenizer.scheme))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -246,6 +256,7 @@ def run_stage(
         python_corpus=cfg.python_corpus,
         num_workers=st.num_workers,
         bucket_prompts=cfg.compile,  # fixed shapes: each compiled once
+        distill_from=st.distill_from if stage == "finetune" else None,
     )
     objective = build_objective(arch, model, st)
     module = TrainingModule(

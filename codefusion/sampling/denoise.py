@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from codefusion.model import KV
+from codefusion.model import KV, Prompt
 from codefusion.sampling.ddim import StepCoef
 
 
@@ -34,7 +34,7 @@ class DenoiseSpec:
     """What a request does at each step (the model's parametrisation and the request's
     options); hashable: the graph runner keys its graphs on it."""
 
-    prediction: str = "x0"  # what N predicts: "x0" or "eps"
+    prediction: str = "x0"  # what N predicts: "x0", "eps" or "tokens" (x0 = E_p[L])
     self_condition: bool = False  # N reads its previous x̂0
     guided: bool = False  # classifier-free guidance: N on 2N rows, x̂0 combined
     clamp: bool = False  # x̂0 to the nearest token embedding
@@ -48,7 +48,8 @@ class Conditioning:
     kv: list[KV]  # N's cross-attention K/V per layer: [P] rows, [2P] when guided
     mask: torch.Tensor | None  # [P or 2P, 1, 1, S] bool; None: nothing padded
     guidance: torch.Tensor | None = None  # 0-d w (guided)
-    table: torch.Tensor | None = None  # [V, Dz] every L(v) (clamp)
+    table: torch.Tensor | None = None  # [V, Dz] every L(v) (clamp; prediction tokens)
+    prompt: Prompt | None = None  # [P or 2P] what N's pointer reads (prediction tokens)
     known_mask: torch.Tensor | None = None  # [N, C, 1] bool (known)
     known_x0: torch.Tensor | None = None  # [N, C, Dz] L(given tokens) (known)
 
@@ -74,7 +75,10 @@ def make_denoise(spec: DenoiseSpec, net: Callable[..., torch.Tensor]) -> Denoise
     copy of it); the output is computed in x_t's dtype whatever N's."""
 
     def estimate(x: torch.Tensor, t: torch.Tensor, c: StepCoef, cond: Conditioning, prev):
-        out = net(x, t, cond.kv, cond.mask, prev if spec.self_condition else None).to(x.dtype)
+        prev = prev if spec.self_condition else None
+        if spec.prediction == "tokens":
+            return net(x, t, cond.kv, cond.mask, prev, cond.prompt, cond.table).to(x.dtype)
+        out = net(x, t, cond.kv, cond.mask, prev).to(x.dtype)
         return out if spec.prediction == "x0" else (x - c.sqrt_1m_ab * out) / c.sqrt_ab
 
     def edit(x0: torch.Tensor, cond: Conditioning) -> torch.Tensor:

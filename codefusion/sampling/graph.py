@@ -35,7 +35,7 @@ from collections.abc import Iterator
 
 import torch
 
-from codefusion.model import KV, CodeFusionModel, Denoiser
+from codefusion.model import KV, CodeFusionModel, Denoiser, Prompt
 from codefusion.sampling.ddim import StepCoef, ddim_update
 from codefusion.sampling.denoise import Conditioning, DenoiseSpec, make_denoise
 from codefusion.sampling.options import SamplingOptions
@@ -131,6 +131,7 @@ class DenoiseStep:
         with_noise: bool,
         masked: bool = True,
         compile_backend: str | None = None,
+        prompt: Prompt | None = None,  # this call's pointer input: shapes of the static copy
     ) -> None:
         cfg = model.config
         self.net, self.spec = net, spec
@@ -160,13 +161,21 @@ class DenoiseStep:
             else None,
             guidance=torch.ones((), dtype=torch.float32, device=dev) if spec.guided else None,
             table=torch.zeros((cfg.vocab_size, cfg.latent_dim), dtype=x_dtype, device=dev)
-            if spec.clamp
+            if spec.clamp or spec.prediction == "tokens"
             else None,
             known_mask=torch.zeros((rows, cfg.code_len, 1), dtype=torch.bool, device=dev)
             if spec.known
             else None,
             known_x0=torch.zeros_like(self.x) if spec.known else None,
-        )
+            prompt=Prompt(
+                torch.zeros((kv_rows, prompt_len, prompt.enc.shape[-1]), dtype=prompt.enc.dtype,
+                            device=dev),
+                torch.zeros((kv_rows, prompt_len), dtype=torch.bool, device=dev),
+                torch.zeros((kv_rows, prompt_len), dtype=torch.long, device=dev),
+            )
+            if prompt is not None
+            else None,
+        )  # fmt: skip
         self.graph: torch.cuda.CUDAGraph | None = None
         self.compiled = False
         self._run = self.step
@@ -202,6 +211,10 @@ class DenoiseStep:
             buf = getattr(static, name)
             if buf is not None:
                 buf.copy_(getattr(cond, name))
+        if static.prompt is not None:  # padded like the K/V: beyond s nothing to point at
+            for buf, a in zip(static.prompt, cond.prompt, strict=True):
+                buf.zero_()
+                buf[:, :s].copy_(a)
 
     def step(self) -> None:
         """The captured function: the denoise function and the DDIM update, from and into the
@@ -275,6 +288,7 @@ def _denoise_step_for(
     use_graph: bool,
     masked: bool,
     compile_backend: str | None,
+    prompt: Prompt | None = None,
 ) -> DenoiseStep:
     k0 = kv[0][0]
     shapes = (rows, *k0.shape[:2], prompt_len, k0.dtype, k0.device, x_dtype)
@@ -285,8 +299,9 @@ def _denoise_step_for(
     runner = cache.pop(key, None)
     if runner is None:
         runner = DenoiseStep(
-            model, net, spec, rows, kv, prompt_len, x_dtype, with_noise, masked, compile_backend
-        )
+            model, net, spec, rows, kv, prompt_len, x_dtype, with_noise, masked, compile_backend,
+            prompt,
+        )  # fmt: skip
         if use_graph:
             try:
                 runner.capture()
@@ -315,6 +330,7 @@ def sample_graph(
     known: Known | None = None,
     trace_at: set[int] | None = None,
     start: torch.Tensor | None = None,
+    prompt: Prompt | None = None,
     use_graph: bool | None = None,
     dtype: torch.dtype | None | str = "auto",
     compile_backend: str | None = "auto",
@@ -340,7 +356,9 @@ def sample_graph(
         wanted = os.environ.get("CODEFUSION_COMPILE_SAMPLER", "1") not in ("0", "")
         compile_backend = "inductor" if dev.type == "cuda" and wanted else None
     # The same draws as the plain loop: x_T (or the edit's x_t0), then guidance's ξ.
-    prep = prepare(model, schedule, enc, cross_mask, num_draws, generator, options, known, start)
+    prep = prepare(
+        model, schedule, enc, cross_mask, num_draws, generator, options, known, start, prompt
+    )
     x, plan = prep.x, prep.plan
 
     def amp() -> torch.autocast:
@@ -350,13 +368,16 @@ def sample_graph(
         kv_d = model.decoder.cross_kv(enc)
     if len(plan) == 0:  # an edit at t0 = 0: no step, D reads L(code)
         with amp():
-            tokens, scores = decode_tokens(model, x, kv_d, cross_mask, known)
+            tokens, scores = decode_tokens(model, x, kv_d, cross_mask, known, prompt)
         return SampleOutput(tokens, scores, [])
     net = model.denoiser if dtype is None else low_precision_denoiser(model, dtype)
     kv_n = net.cross_kv(prep.enc_n.to(next(net.parameters()).dtype))  # once per call
     s = enc.shape[1]
     prompt_len = prompt_bucket(s, model.config.max_prompt_len)
     masked = prep.mask_n is not None or prompt_len != s
+    cond = prep.conditioning(kv_n)
+    if cond.prompt is not None:  # the pointer's keys come from E(s) in N's dtype
+        cond.prompt = cond.prompt._replace(enc=cond.prompt.enc.to(next(net.parameters()).dtype))
     runner = _denoise_step_for(
         model,
         net,
@@ -369,8 +390,9 @@ def sample_graph(
         use_graph,
         masked,
         compile_backend,
+        cond.prompt,
     )
-    runner.load(x, prep.conditioning(kv_n))
+    runner.load(x, cond)
     trace: list[tuple[int, torch.Tensor]] = []
     for i, t in enumerate(plan.ts):
         runner.t.copy_(plan.t[i])  # 0-d -> [N]
@@ -385,8 +407,10 @@ def sample_graph(
         runner()
         if trace_at is not None and t in trace_at:
             with amp():
-                trace.append((t, decode_tokens(model, runner.x0, kv_d, cross_mask, known)[0]))
+                trace.append(
+                    (t, decode_tokens(model, runner.x0, kv_d, cross_mask, known, prompt)[0])
+                )
     with amp():
         # x̂0 of the last step (t = 0)
-        tokens, scores = decode_tokens(model, runner.x0, kv_d, cross_mask, known)
+        tokens, scores = decode_tokens(model, runner.x0, kv_d, cross_mask, known, prompt)
     return SampleOutput(tokens, scores, trace)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from codefusion.model import CodeFusionModel
+from codefusion.model import CodeFusionModel, Prompt
 from codefusion.sampling.ddim import ddim_update
 from codefusion.sampling.denoise import make_denoise
 from codefusion.sampling.options import SamplingOptions
@@ -30,11 +30,14 @@ def sample_loop(
     known: Known | None = None,
     trace_at: set[int] | None = None,
     start: torch.Tensor | None = None,
+    prompt: Prompt | None = None,
 ) -> SampleOutput:
     """Denoise ``num_draws`` draws of each prompt of ``enc`` (arguments: :func:`sample`)."""
-    prep = prepare(model, schedule, enc, cross_mask, num_draws, generator, options, known, start)
+    prep = prepare(
+        model, schedule, enc, cross_mask, num_draws, generator, options, known, start, prompt
+    )
     x, plan, n = prep.x, prep.plan, prep.x.shape[0]
-    denoise = make_denoise(prep.spec, model.denoise)
+    denoise = make_denoise(prep.spec, model.denoiser)
     cached = options.cache_cross_kv
     cond = prep.conditioning(model.denoiser.cross_kv(prep.enc_n) if cached else [])
     kv_d = model.decoder.cross_kv(enc)
@@ -49,7 +52,7 @@ def sample_loop(
         c = plan.coef_at(i)
         x0, x0_self = denoise(x, plan.t[i].expand(n), c, cond, x0_self)
         if trace_at is not None and t in trace_at:
-            trace.append((t, decode_tokens(model, x0, kv_d, cross_mask, known)[0]))
+            trace.append((t, decode_tokens(model, x0, kv_d, cross_mask, known, prompt)[0]))
         x = x0 if i == len(plan) - 1 else ddim_update(x, x0, c, noise)
-    tokens, scores = decode_tokens(model, x, kv_d, cross_mask, known)
+    tokens, scores = decode_tokens(model, x, kv_d, cross_mask, known, prompt)
     return SampleOutput(tokens, scores, trace)

@@ -14,10 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from codefusion.diffusion import content_mask
-from codefusion.model import KV, CodeFusionModel
+from codefusion.model import KV, CodeFusionModel, Prompt
 from codefusion.sampling.ddim import StepPlan
 from codefusion.sampling.denoise import Conditioning, DenoiseSpec
 from codefusion.sampling.options import SamplingOptions
@@ -61,13 +60,20 @@ class Prepared:
     enc_n: torch.Tensor  # N's cross-attention source: E(s) [P], or [E(s); ξ] [2P] (guided)
     mask_n: torch.Tensor | None  # its mask (the unconditional half: all ones)
     guidance: torch.Tensor | None  # 0-d w (guided)
-    table: torch.Tensor | None  # [V, Dz] (clamp)
+    table: torch.Tensor | None  # [V, Dz] (clamp; prediction tokens)
     known_mask: torch.Tensor | None  # [N, C, 1]
     known_x0: torch.Tensor | None  # [N, C, Dz]
+    prompt_n: Prompt | None  # what N's pointer reads: [P], or [P; the empty prompt's] (guided)
 
     def conditioning(self, kv: list[KV]) -> Conditioning:
         return Conditioning(
-            kv, self.mask_n, self.guidance, self.table, self.known_mask, self.known_x0
+            kv=kv,
+            mask=self.mask_n,
+            guidance=self.guidance,
+            table=self.table,
+            prompt=self.prompt_n,
+            known_mask=self.known_mask,
+            known_x0=self.known_x0,
         )
 
     def first_self_condition(self) -> torch.Tensor:
@@ -86,6 +92,7 @@ def prepare(
     options: SamplingOptions,
     known: Known | None = None,
     start: torch.Tensor | None = None,
+    prompt: Prompt | None = None,
 ) -> Prepared:
     """Everything before the first step, drawn from ``generator`` in a fixed order: x_T (the
     edit's ε when ``start`` is given), then ξ for guidance. ``start``: canvas ids [N, C] of the
@@ -100,7 +107,7 @@ def prepare(
         x0 = model.embed_code(start.to(enc.device)).to(x.dtype)
         # t0 = 0: no step runs and D reads L(code) itself (strength -> 0 returns the input).
         x = x0 if len(plan) == 0 else schedule.q_sample(x0, plan.t[:1].expand(x.shape[0]), x)
-    enc_n, mask_n, w = enc, cross_mask, None
+    enc_n, mask_n, w, prompt_n = enc, cross_mask, None, prompt
     guided = options.guidance != 1
     if guided:
         xi = torch.randn(enc.shape, generator=generator, device=enc.device, dtype=enc.dtype)
@@ -108,6 +115,15 @@ def prepare(
         if cross_mask is not None:
             mask_n = torch.cat([cross_mask, torch.ones_like(cross_mask)])
         w = torch.tensor(float(options.guidance), device=enc.device)
+        if prompt is not None:  # the unconditional half points at the empty prompt's </s>
+            only_end = torch.zeros_like(prompt.mask)
+            only_end[:, 0] = True
+            ends = torch.full_like(prompt.ids, model.config.eos_id)
+            prompt_n = Prompt(
+                torch.cat([prompt.enc, xi]),
+                torch.cat([prompt.mask, only_end]),
+                torch.cat([prompt.ids, ends]),
+            )
     spec = DenoiseSpec(
         prediction=cfg.prediction,
         self_condition=cfg.self_condition,
@@ -115,11 +131,14 @@ def prepare(
         clamp=options.clamp,
         known=known is not None,
     )
-    table = model.code_table() if options.clamp else None
+    tokens = cfg.prediction == "tokens"
+    table = model.code_table() if options.clamp or tokens else None
     known_mask = known_x0 = None
     if known is not None:
         known_mask, known_x0 = known.mask.unsqueeze(-1), model.embed_code(known.tokens)
-    return Prepared(x, plan, spec, enc_n, mask_n, w, table, known_mask, known_x0)
+    return Prepared(
+        x, plan, spec, enc_n, mask_n, w, table, known_mask, known_x0, prompt_n if tokens else None
+    )
 
 
 @torch.no_grad()
@@ -129,10 +148,12 @@ def decode_tokens(
     kv_d: list[KV],
     cross_mask: torch.Tensor | None,
     known: Known | None = None,
+    prompt: Prompt | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """D and H on x̂0: argmax tokens [N, C] (the given ones where ``known``) and their mean
-    log-probability over the content and the first end token [N]."""
-    logp = F.log_softmax(model.logits(model.decode(x0, kv_d, cross_mask)).float(), dim=-1)
+    log-probability over the content and the first end token [N]. ``prompt``: what a model
+    with a pointer copies from."""
+    logp = model.token_logprobs(model.decode(x0, kv_d, cross_mask), prompt).float()
     if known is not None and known.no_stop is not None:
         cfg = model.config
         stop = torch.zeros(logp.shape[-1], dtype=torch.bool, device=logp.device)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from codefusion.data import NL2BASH_DEFINED, Example, load_nl2bash_defined, resolve_data_dir
 from codefusion.languages import language
+from codefusion.literals import copy_diagnostics
 from codefusion.scoring.metrics import diversity
 from codefusion.scoring.metrics import python as py_m
 
@@ -165,6 +166,8 @@ def score(
             }
             for name, fig in spec.figures.items()
         }
+    strict = [r["figures"]["strict"] for r in records] if "strict" in spec.figures else None
+    metrics["copy"] = copy_diagnostics(list(examples), list(candidates), lang, strict)
     if spec.degenerate_gold is not None:
         # Items whose gold a degenerate answer satisfies, and how many of the main figure's
         # top-k hits they hold.
