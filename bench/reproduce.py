@@ -219,6 +219,9 @@ def _logging() -> None:
         if not logger.handlers:
             logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    import lightning.pytorch  # noqa: F401  (importing it resets the level: import first)
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # start-up chatter
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*litlogger.*")
 

@@ -31,19 +31,17 @@ config trains either architecture on equal terms (``model.architecture``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from codefusion.config import ConfigError
+from codefusion.decoding import MODES, DecodingOptions
 from codefusion.errors import GenerationError, ModelLoadError
 from codefusion.generator import Draws, Generator
-from codefusion.options import option
 from codefusion.tokenizer import CodeTokenizer, up_to_first_stop
 
 ARCHITECTURE = "t5-baseline"
-MODES = ("beam", "sample")
 
 # The T5 fields a baseline's config.json holds, plus our two lengths (the same meaning as in
 # CodeFusionConfig: prompt tokens incl. </s>, and code tokens incl. </s>).
@@ -156,19 +154,6 @@ def build_baseline(cfg, tokenizer: CodeTokenizer):
         decoder_start_token_id=tokenizer.pad_id,
     )
     return T5ForConditionalGeneration(config_from_dict(d))
-
-
-@dataclass(frozen=True)
-class DecodingOptions:
-    """The baseline's generation options (see the module docstring); the CLI flags are derived
-    from the fields (:mod:`codefusion.options`)."""
-
-    mode: str = option("beam", "beam search or nucleus sampling", choices=MODES)
-    temperature: float = option(1.0, "sampling temperature (mode sample)", type=float)
-    top_p: float = option(0.95, "nucleus mass (mode sample)", type=float)
-    max_new_tokens: int | None = option(
-        None, "longest output in tokens; default the canvas it was trained on", type=int
-    )
 
 
 class ARBaseline(Generator):

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from codefusion.errors import UserError
+from codefusion.options import Parser
 
 DEFAULT_CACHE = Path.home() / ".cache" / "codefusion"
 
@@ -21,26 +22,25 @@ DEFAULT_CACHE = Path.home() / ".cache" / "codefusion"
 def _generate_options(args: argparse.Namespace) -> dict:
     """The generator's own options among the flags: only those given (another model's option is
     then the generator's one-line error, not silently ignored)."""
-    from codefusion.baseline import DecodingOptions
+    from codefusion.decoding import DecodingOptions
     from codefusion.options import given_options
     from codefusion.sampling.options import SamplingOptions
 
     return given_options(args, SamplingOptions, DecodingOptions)
 
 
-def _load_diffusion(args: argparse.Namespace, verb: str):
-    """The model of ``--model`` for a verb only the diffusion model serves (infill, edit)."""
-    from codefusion.generator import check_model_dir
+def _load(args: argparse.Namespace, verb: str | None = None):
+    """The generator of ``--model`` on ``--device`` (default: CUDA when there is one); ``verb``:
+    a verb only the diffusion model serves (infill, edit)."""
+    from codefusion.generator import check_model_dir, resolve_device
 
-    check_model_dir(args.model)
-    import torch
-
+    check_model_dir(args.model)  # a missing directory or file: said before torch loads
+    device = resolve_device(args.device)
     from codefusion.auto import load_generator
     from codefusion.pipeline import CodeFusion
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = load_generator(args.model, device=device)
-    if not isinstance(gen, CodeFusion):
+    if verb is not None and not isinstance(gen, CodeFusion):
         raise UserError(f"{verb} needs a diffusion model, not the autoregressive baseline")
     return gen
 
@@ -60,19 +60,39 @@ def _print_trace(cf, out, row: int, what: str) -> None:
         print(f"  t={t:5d}  {cf.tokenizer.decode(tokens[row].tolist())}", file=sys.stderr)
 
 
-def _print_candidates(cands, args: argparse.Namespace, head: dict) -> None:
+def _print_candidates(results: list, args: argparse.Namespace, heads: list[dict]) -> None:
+    """Each request's candidates: numbered lines (a candidate that does not parse marked under
+    --syntax-rank; fewer than k said, with why), or with --json always a list of objects."""
+    from codefusion.languages import is_valid
+
+    lang = getattr(args, "syntax_rank", None)
     if args.json:
-        rows = []
-        for c in cands:
-            row = {"code": c.code, "score": c.score}
-            if hasattr(c, "fills"):
-                row["fills"] = list(c.fills)
-            rows.append(row)
-        print(json.dumps({**head, "candidates": rows}, indent=2, ensure_ascii=False))
+        out = []
+        for head, cands in zip(heads, results, strict=True):
+            rows = []
+            for c in cands:
+                row = {"code": c.code, "score": c.score}
+                if lang:
+                    row["parses"] = is_valid(c.code, lang)
+                if hasattr(c, "fills"):
+                    row["fills"] = list(c.fills)
+                rows.append(row)
+            out.append({**head, "candidates": rows})
+        print(json.dumps(out, indent=2, ensure_ascii=False))
         return
-    for rank, c in enumerate(cands, 1):
-        fills = f"   fills: {', '.join(map(repr, c.fills))}" if hasattr(c, "fills") else ""
-        print(f"{rank}. [{c.score:7.3f}]  {c.code}{fills}")
+    for head, cands in zip(heads, results, strict=True):
+        if len(heads) > 1:
+            print(f"# {head.get('prompt', '')}")
+        for rank, c in enumerate(cands, 1):
+            fills = f"   fills: {', '.join(map(repr, c.fills))}" if hasattr(c, "fills") else ""
+            bad = "   (does not parse)" if lang and not is_valid(c.code, lang) else ""
+            print(f"{rank}. [{c.score:7.3f}]  {c.code}{fills}{bad}")
+        if len(cands) < args.k:
+            print(
+                f"note: {len(cands)} of the {args.k} candidates asked for: the other draws "
+                "repeated these (--draws N draws more)",
+                file=sys.stderr,
+            )
 
 
 def _with_warnings(fn):
@@ -88,7 +108,7 @@ def _cmd_infill(args: argparse.Namespace) -> int:
     from codefusion.infill import parse_template
 
     parse_template(args.template, args.max_fill)  # a bad template: said before loading torch
-    cf = _load_diffusion(args, "infill")
+    cf = _load(args, "infill")
     options = _generate_options(args)
     kw = dict(num_draws=args.draws, seed=args.seed, max_fill=args.max_fill, **options)
     cands = _with_warnings(
@@ -108,7 +128,7 @@ def _cmd_infill(args: argparse.Namespace) -> int:
         out, _ = cf.infill_draws(args.template, args.prompt, trace_at=_trace_steps(ts), **kw)
         best = int(out.scores.argmax())
         _print_trace(cf, out, best, f"denoising the best draw ({len(ts)} steps):")
-    _print_candidates(cands, args, {"template": args.template, "prompt": args.prompt})
+    _print_candidates([cands], args, [{"template": args.template, "prompt": args.prompt}])
     return 0
 
 
@@ -117,7 +137,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
 
     if not 0 < args.strength <= 1:  # said before loading torch
         raise GenerationError(f"strength must lie in (0, 1], got {args.strength}")
-    cf = _load_diffusion(args, "edit")
+    cf = _load(args, "edit")
     options = _generate_options(args)
     kw = dict(seed=args.seed, **options)
     cands = _with_warnings(
@@ -144,52 +164,27 @@ def _cmd_edit(args: argparse.Namespace) -> int:
         best = int(out.scores.argmax())
         _print_trace(cf, out, best, f"editing from t0 = {ts[0] if ts else 0} ({len(ts)} steps):")
     head = {"code": args.code, "prompt": args.prompt, "strength": args.strength}
-    _print_candidates(cands, args, head)
+    _print_candidates([cands], args, [head])
     return 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from codefusion.generator import check_model_dir
-
-    check_model_dir(args.model)  # a missing directory or file: said before torch loads
-    import torch
-
-    from codefusion.auto import load_generator
     from codefusion.pipeline import CodeFusion
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    gen = load_generator(args.model, device=device)
+    gen = _load(args)
     options = _generate_options(args)
     gen.options(**options)  # a bad option is an error before anything is generated
     if args.show_steps:
         if not isinstance(gen, CodeFusion):
             raise UserError("--show-steps needs a diffusion model, not the autoregressive baseline")
         _show_steps(gen, args, options)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        results = gen.generate(
-            args.prompts,
-            k=args.k,
-            num_draws=args.draws,
-            seed=args.seed,
-            syntax_rank=args.syntax_rank,
-            rank=args.rank,
-            **options,
+    results = _with_warnings(
+        lambda: gen.generate(
+            list(args.prompts), k=args.k, num_draws=args.draws, seed=args.seed,
+            syntax_rank=args.syntax_rank, rank=args.rank, **options,
         )
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-    if args.json:
-        out = [
-            {"prompt": p, "candidates": [{"code": c.code, "score": c.score} for c in cands]}
-            for p, cands in zip(args.prompts, results, strict=True)
-        ]
-        print(json.dumps(out if len(out) > 1 else out[0], indent=2, ensure_ascii=False))
-        return 0
-    for p, cands in zip(args.prompts, results, strict=True):
-        if len(args.prompts) > 1:
-            print(f"# {p}")
-        for rank, c in enumerate(cands, 1):
-            print(f"{rank}. [{c.score:7.3f}]  {c.code}")
+    )  # fmt: skip
+    _print_candidates(results, args, [{"prompt": p} for p in args.prompts])
     return 0
 
 
@@ -264,7 +259,7 @@ def _add_sampling_args(
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same output")
     add_option_flags(p, SamplingOptions, prefix="CodeFusion: " if baseline else "")
     if baseline:
-        from codefusion.baseline import DecodingOptions
+        from codefusion.decoding import DecodingOptions
 
         add_option_flags(p, DecodingOptions, prefix="baseline: ")
     p.add_argument(
@@ -284,14 +279,21 @@ def _add_sampling_args(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="codefusion",
         description="CodeFusion: a diffusion model that generates code from natural language. "
         "Train with `python -m train`, evaluate with `python -m eval` (from a checkout).",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    g = sub.add_parser("generate", help="generate top-k programs for prompts")
+    g = sub.add_parser(
+        "generate",
+        help="generate top-k programs for prompts",
+        description="Top-k programs for each prompt, best first, ranked by the model's own "
+        "score (CodeFusion or the autoregressive baseline: the model directory says which). "
+        "Example: codefusion generate --model runs/cf-tiny/model --k 3 --steps 100 "
+        "'Highlight cells greater than 100'",
+    )
     g.add_argument("prompts", nargs="+", help="natural-language prompt(s)")
     _add_sampling_args(g, shown="first", baseline=True)
     g.add_argument("--draws", type=int, default=None, help="noise draws per prompt (default 2k)")
@@ -346,13 +348,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--draws", type=int, default=None, help="noise draws (default 2k)")
     e.set_defaults(func=_cmd_edit)
 
-    c = sub.add_parser("params", help="per-component parameter counts of a preset or a model")
-    c.add_argument("--preset", default="paper", help="paper or tiny (default paper)")
+    c = sub.add_parser(
+        "params",
+        help="per-component parameter counts of a preset or a model",
+        description="Parameters of E, N, D, H, L of a preset or a saved model. Example: "
+        "codefusion params --preset paper",
+    )
+    c.add_argument(
+        "--preset", default="paper", choices=["paper", "small", "tiny"], help="default paper"
+    )
     c.add_argument("--vocab-size", type=int, default=16384, help="vocabulary size (default 16384)")
     c.add_argument("--model", help="count a saved model directory instead")
     c.set_defaults(func=_cmd_params)
 
-    t = sub.add_parser("build-tokenizer", help="train the byte-level BPE on the training corpora")
+    t = sub.add_parser(
+        "build-tokenizer",
+        help="train the byte-level BPE on the training corpora",
+        description="A BPE on the train splits and pre-training snippets (never the test "
+        "splits), with the share of test code longer than the canvas. Example: codefusion "
+        "build-tokenizer --out runs/tokenizers/all-16k-lit",
+    )
     t.add_argument("--data", help="benchmark data folder (default: $CODEFUSION_DATA)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--vocab-size", type=int, default=16384)
@@ -370,13 +385,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_build_tokenizer)
 
     y = sub.add_parser(
-        "build-python-corpus", help="build the Python pre-training snippets from the stdlib"
+        "build-python-corpus",
+        help="build the Python pre-training snippets from the stdlib",
+        description="Single-line statements of this Python's standard library, deduplicated "
+        "(the release lacks its Python snippet file). Example: codefusion build-python-corpus",
     )
     y.add_argument("--out", default=str(DEFAULT_CACHE / "python_snippets.txt"))
     y.add_argument("--max-chars", type=int, default=200)
     y.set_defaults(func=_cmd_build_python_corpus)
 
-    d = sub.add_parser("download", help="fetch the benchmark files from microsoft/prose-benchmarks")
+    d = sub.add_parser(
+        "download",
+        help="fetch the benchmark files from microsoft/prose-benchmarks",
+        description="The three benchmarks and the snippet files, at a fixed commit, into a "
+        "folder that --data and CODEFUSION_DATA take (the default one is found without either). "
+        "Example: codefusion download",
+    )
     d.add_argument("--out", default=str(DEFAULT_CACHE / "data"))
     d.add_argument("--base-url", default=None, help="mirror of the repository's raw files")
     d.add_argument("--force", action="store_true", help="download again even if present")

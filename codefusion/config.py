@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from codefusion.errors import UserError
+from codefusion.fields import above, at_least, check_fields, unit
 
 
 class ConfigError(UserError):
@@ -26,6 +27,15 @@ _REMOVED_OPTIONS = {"tie_embeddings": False, "length_head": False, "schedule_off
 
 
 PREDICTIONS = ("x0", "eps", "tokens")
+_SIZES = ("vocab_size", "encoder_dim", "encoder_layers", "encoder_heads", "encoder_ff")
+_SIZES += ("max_prompt_len", "hidden_dim", "heads", "ff_mult", "denoiser_layers")
+_SIZES += ("decoder_layers", "latent_dim", "code_len", "diffusion_steps")
+MODEL_RANGES = {name: at_least(1) for name in _SIZES} | {
+    "pad_id": at_least(0),
+    "eos_id": at_least(0),
+    "dropout": unit(high_inclusive=False),
+    "embedding_init_std": above(0),
+}
 
 
 @dataclass
@@ -72,19 +82,13 @@ class CodeFusionConfig:
     prediction: str = "x0"
 
     def __post_init__(self) -> None:
+        check_fields(self, "", ConfigError, MODEL_RANGES, {"prediction": PREDICTIONS})
         if self.hidden_dim % self.heads:
             raise ConfigError(
                 f"hidden_dim {self.hidden_dim} is not divisible by heads {self.heads}"
             )
         if self.encoder is None and self.encoder_dim % self.encoder_heads:
             raise ConfigError("encoder_dim must be divisible by encoder_heads")
-        if self.prediction not in PREDICTIONS:
-            raise ConfigError(
-                f"prediction must be one of {', '.join(PREDICTIONS)}, not {self.prediction!r}"
-            )
-        for name in ("vocab_size", "code_len", "diffusion_steps", "latent_dim", "max_prompt_len"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

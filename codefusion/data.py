@@ -68,17 +68,65 @@ class LoadReport:
         return f"kept {self.kept}, skipped: {skipped}"
 
 
-def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
-    """The data folder: the explicit path, else ``$CODEFUSION_DATA``; a clear error otherwise."""
+BUILTIN = Path(__file__).parent / "builtin_data"  # the CF files, xz-compressed (NOTICE.md)
+BUILTIN_FILES = {
+    "CFRuleBenchmarks.json.xz": Path("benchmarks") / "CFRuleBenchmarks.json",
+    "ConditionalFormattingSnippets.txt.xz": Path("pretraining")
+    / "ConditionalFormattingSnippets.txt",
+}
+DOWNLOAD_CACHE = Path.home() / ".cache" / "codefusion" / "data"  # `codefusion download`'s
+_said: set[Path] = set()
+
+
+def builtin_data_dir() -> Path:
+    """The CF rule benchmark and snippets that ship with the package, unpacked once into a cache
+    folder (a temporary one where the home folder is not writable)."""
+    import hashlib
+    import lzma
+    import tempfile
+
+    digest = hashlib.sha256(b"".join((BUILTIN / n).read_bytes() for n in BUILTIN_FILES))
+    for root in (Path.home() / ".cache" / "codefusion", Path(tempfile.gettempdir())):
+        dest = root / f"builtin-{digest.hexdigest()[:12]}"
+        try:
+            for packed, rel in BUILTIN_FILES.items():
+                target = dest / rel
+                if not target.is_file():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+                    tmp.write_bytes(lzma.decompress((BUILTIN / packed).read_bytes()))
+                    os.replace(tmp, target)
+            return dest
+        except OSError:
+            continue
+    raise DataError("cannot unpack the built-in CF data: no writable cache or temporary folder")
+
+
+def resolve_data_dir(path: str | os.PathLike | None = None, lang: str | None = None) -> Path:
+    """The data folder: the explicit path, else ``$CODEFUSION_DATA``, else `codefusion
+    download`'s cache, else (for CF, or when no benchmark is named) the CF files built into the
+    package, said once in a log line; a one-line error naming both ways to get the rest."""
     chosen = path or os.environ.get(DATA_ENV)
-    if not chosen:
+    if chosen:
+        p = Path(chosen).expanduser()
+        if not p.is_dir():
+            raise DataError(f"data folder {p} does not exist")
+        return p
+    if (DOWNLOAD_CACHE / "benchmarks").is_dir():
+        return DOWNLOAD_CACHE
+    if lang not in (None, "cf"):
         raise DataError(
-            f"no data folder given: pass --data DIR or set {DATA_ENV} "
-            "(run `codefusion download` to fetch the benchmark files)"
+            f"no data folder for the {lang} benchmark (the package ships only the CF rules): "
+            f"pass --data DIR or set {DATA_ENV}, or run `codefusion download`"
         )
-    p = Path(chosen).expanduser()
-    if not p.is_dir():
-        raise DataError(f"data folder {p} does not exist")
+    p = builtin_data_dir()
+    if p not in _said:
+        _said.add(p)
+        log.warning(
+            "no data folder given: using the CF rules built into the package (CC BY-SA 4.0; "
+            "--data DIR, %s or `codefusion download` for all three benchmarks)",
+            DATA_ENV,
+        )
     return p
 
 
@@ -135,7 +183,7 @@ def load_benchmark(
     check_language(lang)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: choose train or test")
-    path = resolve_data_dir(data_dir) / "benchmarks" / language(lang).benchmark_file
+    path = resolve_data_dir(data_dir, lang) / "benchmarks" / language(lang).benchmark_file
     doc = _read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get(split), list):
         raise DataError(f'{path}: expected an object with a "{split}" list of records')
@@ -213,7 +261,7 @@ def load_snippets(
         from codefusion.pycorpus import build_python_corpus
 
         return build_python_corpus()
-    return list(iter_snippet_file(resolve_data_dir(data_dir) / "pretraining" / name))
+    return list(iter_snippet_file(resolve_data_dir(data_dir, lang) / "pretraining" / name))
 
 
 def split_holdout(

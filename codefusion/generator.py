@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ if TYPE_CHECKING:  # imported where used: the CLI checks a model directory befor
     from codefusion.tokenizer import CodeTokenizer
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+TRAINING_FILE = "training.json"  # how the export was trained (train/run.py); optional
 DEFAULT_ARCHITECTURE = "codefusion"  # a config.json without "architecture"
 
 
@@ -79,8 +81,12 @@ def read_config(path: Path) -> dict[str, Any]:
     return d
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0/C1 controls but tab, newline
+
+
 def check_prompts(prompts: str | Sequence[str], allow_empty: bool) -> list[str]:
-    """Prompts as a list; a ``GenerationError`` for any that cannot be generated from."""
+    """Prompts as a list; a ``GenerationError`` for any that cannot be generated from. Control
+    characters (NUL, escape ...) are removed, with a warning: the data's prompts have none."""
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
@@ -89,15 +95,38 @@ def check_prompts(prompts: str | Sequence[str], allow_empty: bool) -> list[str]:
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
             raise GenerationError(f"prompt {i} is a {type(p).__name__}, not text")
-        if not p.strip() and not allow_empty:
-            raise GenerationError(f"prompt {i} is empty")
         try:
             p.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates, e.g. bytes decoded with surrogateescape
             raise GenerationError(
                 f"prompt {i} is not valid Unicode text (lone surrogates)"
             ) from None
+        if _CONTROL.search(p):
+            n = len(_CONTROL.findall(p))
+            warnings.warn(f"prompt {i}: {n} control character(s) removed", stacklevel=3)
+            prompts[i] = p = _CONTROL.sub("", p)
+        if not p.strip() and not allow_empty:
+            raise GenerationError(f"prompt {i} is empty")
     return prompts
+
+
+def resolve_device(name: str | None) -> str:
+    """``--device``: None picks CUDA when there is one, else the CPU; ``cpu``, ``cuda`` or
+    ``cuda:N`` must exist here. A ``UserError`` in one line otherwise."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    m = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if m is None:
+        raise GenerationError(f"unknown device {name!r}: use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise GenerationError(f"device {name} is not available: this machine has no CUDA device")
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise GenerationError(f"device {name} is not available: {torch.cuda.device_count()} GPU(s)")
+    return name
 
 
 RANKINGS = ("score", "votes")
@@ -146,6 +175,7 @@ class Generator:
         self.check_fits(model.config, tokenizer)
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.trained: dict[str, Any] = {}  # training.json of a loaded model directory
 
     # --- what a subclass provides ------------------------------------------------------------
     @classmethod
@@ -239,7 +269,10 @@ class Generator:
             cls.check_fits(config, tokenizer)  # before the weights: a clearer message
             model = cls.model_from_config(config)
             load_weights(model, path, device)
-            return cls(model.to(device), tokenizer)
+            gen = cls(model.to(device), tokenizer)
+            if (path / TRAINING_FILE).is_file():
+                gen.trained = json.loads((path / TRAINING_FILE).read_text(encoding="utf-8"))
+            return gen
         except ModelLoadError as e:
             msg = str(e)
             raise ModelLoadError(msg if msg.startswith(str(path)) else f"{file}: {msg}") from None

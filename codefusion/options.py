@@ -66,3 +66,25 @@ def given_options(args: argparse.Namespace, *options_classes: type) -> dict[str,
             if value is not None:
                 out[f.name] = value
     return out
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, answering a bad command line in one line (``error: ...``, exit 2) like every
+    other user mistake, instead of the usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        import sys
+
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

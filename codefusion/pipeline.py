@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,12 @@ class CodeFusion(Generator):
         w = options.guidance
         if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
             raise GenerationError(f"guidance must be a finite number, got {w!r}")
+        if w != 1 and self.trained and not self.trained.get("prompt_dropout"):
+            warnings.warn(
+                "guidance needs a model fine-tuned with prompt_dropout > 0; this one was not, "
+                "so its unconditional estimate is pre-training's",
+                stacklevel=4,
+            )
 
     @torch.no_grad()
     def sample_draws(

@@ -129,14 +129,24 @@ class CodeTokenizer:
         path = Path(path)
         if not path.is_dir():
             raise TokenizerError(f"tokenizer directory {path} does not exist")
+        from transformers.utils import logging as hf_logging
+
+        if not (path / "tokenizer.json").is_file() and not (path / "vocab.json").is_file():
+            raise TokenizerError(
+                f"{path}: no tokenizer.json (nor a vocab.json with merges.txt): the tokenizer "
+                "files of the model directory are missing"
+            )
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # transformers' own hints would bury the one line
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except Exception as e:  # transformers raises many kinds; the user needs one message
-            raise TokenizerError(
-                f"{path}: cannot load a tokenizer ({type(e).__name__}: {e})"
-            ) from None
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise TokenizerError(f"{path}: cannot load a tokenizer ({first})") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
         return cls(tok)
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from codefusion.errors import UserError
+from codefusion.options import Parser, positive_int
 
 if TYPE_CHECKING:
     from codefusion.data import Example
@@ -20,7 +21,6 @@ DIAGNOSE_STEPS = 100  # `diagnose`'s sampling steps for a diffusion model
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
 
     from codefusion.auto import load_generator
     from eval.harness import run_eval
@@ -29,7 +29,9 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--nl2bash-defined applies to the bash benchmark only")
     # The NL2Bash-comparable figure is defined on the test split's items only.
     nl2bash = _nl2bash_subset(args) if args.benchmark == "bash" and args.split == "test" else None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from codefusion.generator import resolve_device
+
+    device = resolve_device(args.device)
     gen = load_generator(args.model, device=device)
     examples = _examples(args)
     # Only the flags given reach the generator: another model's option is its one-line error,
@@ -38,7 +40,14 @@ def _run(args: argparse.Namespace) -> int:
     gen.options(**own)
     given = {"num_draws": args.draws, "syntax_rank": args.syntax_rank, "rank": args.rank}
     options = {**{k: v for k, v in given.items() if v is not None}, **own}
-    out = Path(args.out or f"results/{args.system or Path(args.model).name}/{args.benchmark}")
+    name = _run_name(Path(args.model))
+    split = "" if args.split == "test" else f"-{args.split}"
+    out = Path(args.out or f"results/{name}/{args.benchmark}{split}")
+    if (out / "metrics.json").exists() and not args.overwrite:
+        raise UserError(
+            f"{out} holds the results of an earlier run: pass --overwrite to replace them, or "
+            "--out another folder"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation warnings per prompt would flood the bar
         m = run_eval(
@@ -46,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
             args.benchmark,
             examples,
             out,
-            system=args.system or Path(args.model).parent.name or "model",
+            system=args.system or name,
             k=args.k,
             batch_size=args.batch_size,
             codebertscore=args.codebertscore,
@@ -60,9 +69,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_name(model: Path) -> str:
+    """A model directory's run: the folder above ``model/`` (runs/NAME/model), else its own
+    name. Two runs' exports are both called ``model``: their results must not collide."""
+    model = model.resolve()
+    return model.parent.name if model.name == "model" and model.parent.name else model.name
+
+
 def _own_options(args: argparse.Namespace) -> dict:
     """The generation options the command line gave (either model's: see codefusion.options)."""
-    from codefusion.baseline import DecodingOptions
+    from codefusion.decoding import DecodingOptions
     from codefusion.options import given_options
     from codefusion.sampling.options import SamplingOptions
 
@@ -71,7 +87,7 @@ def _own_options(args: argparse.Namespace) -> dict:
 
 def _add_option_flags(p: argparse.ArgumentParser) -> None:
     """Both models' generation options as flags, derived from their dataclasses."""
-    from codefusion.baseline import DecodingOptions
+    from codefusion.decoding import DecodingOptions
     from codefusion.options import add_option_flags
     from codefusion.sampling.options import SamplingOptions
 
@@ -96,14 +112,13 @@ def _examples(args: argparse.Namespace) -> list:
 def _diagnose(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-
     from codefusion.auto import load_generator
     from codefusion.diagnostics import model_diagnostics_on
+    from codefusion.generator import resolve_device
     from codefusion.pipeline import CodeFusion
     from codefusion.scoring.evaluate import generation_diagnostics
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     gen = load_generator(args.model, device=device)
     examples = _examples(args)
     own = _own_options(args)
@@ -137,12 +152,12 @@ def _add_split_args(r: argparse.ArgumentParser, split: bool = True) -> None:
 
 
 def _steps_curve(args: argparse.Namespace) -> int:
-    import torch
 
     from codefusion.auto import load_generator
+    from codefusion.generator import resolve_device
     from eval.curves import steps_curve
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     gen = load_generator(args.model, device=device)
     options = {"num_draws": args.draws} if args.draws else {}
     rows = steps_curve(
@@ -176,14 +191,14 @@ def _ablation(args: argparse.Namespace) -> int:
 def _repair(args: argparse.Namespace) -> int:
     import random
 
-    import torch
-
     from codefusion.auto import load_generator
     from codefusion.pipeline import CodeFusion
     from eval.beyond import check_strengths, repair_eval
 
     check_strengths(args.strength)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from codefusion.generator import resolve_device
+
+    device = resolve_device(args.device)
     gen = load_generator(args.model, device=device)
     if not isinstance(gen, CodeFusion):
         raise UserError("repair edits with a diffusion model, not the autoregressive baseline")
@@ -324,18 +339,29 @@ _NL2BASH_HELP = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m eval",
         description="Evaluate CodeFusion (or the autoregressive baseline) on the paper's benchmarks.",
     )
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="generate top-k for a test split and score it")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    r = sub.add_parser(
+        "run",
+        help="generate top-k for a test split and score it",
+        description="Top-k for every item of the test split (or the held-out share of the train "
+        "split), scored; predictions.jsonl, metrics.json and table.md in --out. Example: "
+        "python -m eval run --model runs/cf-tiny/model --benchmark cf --steps 100",
+    )
     r.add_argument("--model", required=True, help="model directory")
     r.add_argument("--benchmark", required=True, choices=["cf", "bash", "python"])
     r.add_argument("--data", help="benchmark data folder (default: $CODEFUSION_DATA)")
-    r.add_argument("--out", help="output folder (default results/<system>/<benchmark>)")
+    r.add_argument(
+        "--out",
+        help="output folder (default results/<run>/<benchmark>, <run> the folder above "
+        "model/; an existing one is refused without --overwrite)",
+    )
+    r.add_argument("--overwrite", action="store_true", help="replace the results in --out")
     r.add_argument("--system", help="system name in the tables (default: the run's name)")
-    r.add_argument("--k", type=int, default=5)
+    r.add_argument("--k", type=int, default=5, help="candidates per item, top-k (default 5)")
     r.add_argument("--draws", type=int, help="draws per prompt (default 2k; beam search: k beams)")
     _add_option_flags(r)
     r.add_argument("--syntax-rank", choices=["python", "bash", "cf"], help="parse-first ranking")
@@ -345,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         help="order candidates by the model's score (default) or by how many draws agree",
     )
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--limit", type=int, help="only the first N test items (smoke runs)")
+    r.add_argument("--limit", type=positive_int, help="only the first N test items (smoke runs)")
     _add_split_args(r)
     r.add_argument("--batch-size", type=int, default=32, help="prompts per generation batch")
     r.add_argument(
@@ -356,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     r.set_defaults(func=_run)
     dg = sub.add_parser(
         "diagnose",
+        description="Example: python -m eval diagnose --model runs/cf-tiny/model --benchmark cf "
+        "--split heldout",
         help="why a model generates well or badly: D on clean L(y), x0_hat accuracy by step, "
         "length and validity of samples",
     )
@@ -365,13 +393,16 @@ def main(argv: list[str] | None = None) -> int:
     dg.add_argument("--draws", type=int, help="noise draws per prompt (default 2k)")
     _add_option_flags(dg)  # CodeFusion's --steps defaults to DIAGNOSE_STEPS here
     dg.add_argument("--seed", type=int, default=0)
-    dg.add_argument("--limit", type=int, help="only the first N items")
+    dg.add_argument("--limit", type=positive_int, help="only the first N items")
     dg.add_argument("--device", help="cpu or cuda")
     _add_split_args(dg)
     dg.set_defaults(func=_diagnose)
     ab = sub.add_parser(
         "ablation",
         help="train and score a plan of configurations (eval/ablation.py), one table",
+        description="Train each row of a plan (skipped when its model exists), score the held-out "
+        "share and the test split, write one table. Example: python -m eval ablation "
+        "configs/ablation/cf-copy.yaml --out results/copy-cf --only lit",
     )
     ab.add_argument("plan", help="ablation plan (YAML), e.g. configs/ablation/cf-small.yaml")
     ab.add_argument("--out", required=True, help="results folder")
@@ -385,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         "parenthesis, a wrong function/utility name, a wrong number or flag), revise it with "
         "CodeFusion.edit under the item's prompt at each strength, and score the top-k with the "
         "benchmark's metric; the table sets the repair rate beside the rate of returning the "
-        "input unchanged.",
+        "input unchanged. Example: python -m eval repair --model DIR --benchmark cf --out "
+        "results/beyond/cf-repair --strength 0.01 0.1 1",
     )
     rp.add_argument("--model", required=True, help="model directory (CodeFusion)")
     rp.add_argument("--benchmark", required=True, choices=["cf", "bash"])
@@ -399,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--steps", type=int, help="the respaced plan whose steps below t0 run")
     rp.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 1)")
     rp.add_argument("--sample", type=int, help="a seeded random subset of N items")
-    rp.add_argument("--limit", type=int, help="only the first N items (smoke runs)")
+    rp.add_argument("--limit", type=positive_int, help="only the first N items (smoke runs)")
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--batch-size", type=int, default=32, help="items per edit batch")
     rp.add_argument("--device", help="cpu or cuda")
@@ -410,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         help="top-k and diversity by classifier-free guidance scale; default w by held-out",
         description="`eval run` at each guidance scale on each split (a run whose metrics.json "
         "holds the same options is reused), then one table; the default w is the best "
-        "held-out top-1 (ties: top-5, then nearest 1). Test results are reported only.",
+        "held-out top-1 (ties: top-5, then nearest 1). Test results are reported only. Example: "
+        "python -m eval guidance --model DIR --benchmark cf --out results/beyond/cf-guidance",
     )
     gd.add_argument("--model", required=True, help="model directory (fine-tuned with "
                     "prompt_dropout)")  # fmt: skip
@@ -425,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     gd.add_argument("--draws", type=int, default=10)
     gd.add_argument("--steps", type=int, default=100)
     gd.add_argument("--seed", type=int, default=0)
-    gd.add_argument("--limit", type=int, help="only the first N items (smoke runs)")
+    gd.add_argument("--limit", type=positive_int, help="only the first N items (smoke runs)")
     _add_split_args(gd, split=False)
     gd.set_defaults(func=_guidance)
     s = sub.add_parser(
@@ -434,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Score the top-k saved in each result folder's predictions.jsonl again with "
         "the current metrics, without generating: rewrites the per-item verdicts in "
         "predictions.jsonl, metrics.json and table.md, keeping the run's system name, options "
-        "and generation time. Needs the benchmark data the predictions were made on.",
+        "and generation time. Needs the benchmark data the predictions were made on. Example: "
+        "python -m eval rescore results/ablation-cf/self-cond",
     )
     s.add_argument(
         "results",
@@ -446,7 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_split_args(s, split=False)  # held-out folders: how that share was drawn
     s.set_defaults(func=_rescore)
     sc = sub.add_parser(
-        "steps-curve", help="quality against the number of sampling steps, for one model"
+        "steps-curve",
+        help="quality against the number of sampling steps, for one model",
+        description="Example: python -m eval steps-curve --model DIR --benchmark cf --split "
+        "heldout --steps 1 10 100 --out results/steps",
     )
     sc.add_argument("--model", required=True, help="model directory")
     sc.add_argument("--benchmark", required=True, choices=["cf", "bash", "python"])
@@ -456,20 +493,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     sc.add_argument("--draws", type=int, help="noise draws per prompt (default 2k)")
     sc.add_argument("--seed", type=int, default=0)
-    sc.add_argument("--limit", type=int, help="only the first N items")
+    sc.add_argument("--limit", type=positive_int, help="only the first N items")
     sc.add_argument("--device", help="cpu or cuda")
     sc.add_argument("--out", required=True, help="folder for curve.json and curve.png")
     _add_split_args(sc)
     sc.set_defaults(func=_steps_curve)
     tc = sub.add_parser(
-        "training-curves", help="held-out metric against training steps, from CSV logs"
+        "training-curves",
+        help="held-out metric against training steps, from CSV logs",
+        description="Example: python -m eval training-curves runs/a/finetune runs/b/finetune "
+        "--labels a b --out results/curves.png",
     )
     tc.add_argument("stages", nargs="+", help="stage folders, e.g. runs/NAME/finetune")
     tc.add_argument("--labels", nargs="+", required=True, help="one label per stage folder")
     tc.add_argument("--metric", default="val/top5")
     tc.add_argument("--out", required=True, help="PNG path (numbers beside it as .json)")
     tc.set_defaults(func=_training_curves)
-    t = sub.add_parser("tables", help="combine result folders into one table and a plot")
+    t = sub.add_parser(
+        "tables",
+        help="combine result folders into one table and a plot",
+        description="Example: python -m eval tables results/copy-cf --out results/tables.md",
+    )
     t.add_argument(
         "results", nargs="+", help="result folders (each with metrics.json, or parents of them)"
     )

@@ -180,7 +180,7 @@ def test_cli_generates_with_a_baseline(ar, tmp_path, capsys):
     ar.save_pretrained(tmp_path / "m")
     m = str(tmp_path / "m")
     assert cli(["generate", "--model", m, "--k", "2", "--mode", "sample", "--json", "top 3"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    (out,) = json.loads(capsys.readouterr().out)
     assert out["prompt"] == "top 3" and 1 <= len(out["candidates"]) <= 2
     assert cli(["generate", "--model", m, "--show-steps", "top 3"]) == 2
     assert "autoregressive" in capsys.readouterr().err

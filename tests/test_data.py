@@ -71,10 +71,28 @@ def test_missing_file_and_folder_are_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="does not exist"):
         resolve_data_dir(tmp_path / "nope")
     monkeypatch.delenv("CODEFUSION_DATA", raising=False)
-    with pytest.raises(DataError, match="CODEFUSION_DATA"):
-        resolve_data_dir(None)
+    monkeypatch.setattr("codefusion.data.DOWNLOAD_CACHE", tmp_path / "no-cache")
+    with pytest.raises(DataError, match="CODEFUSION_DATA, or run `codefusion download`"):
+        resolve_data_dir(None, "bash")
     with pytest.raises(DataError, match="unknown benchmark"):
         load_benchmark("java", "test", tmp_path)
+
+
+def test_without_a_data_folder_the_built_in_cf_files_are_used(tmp_path, monkeypatch, caplog):
+    """The tiny default trains on a fresh machine: the CF benchmark and snippets ship with the
+    package (xz, CC BY-SA 4.0), unpacked once into a cache folder, said in one log line."""
+    monkeypatch.delenv("CODEFUSION_DATA", raising=False)
+    monkeypatch.setattr("codefusion.data.DOWNLOAD_CACHE", tmp_path / "no-cache")
+    monkeypatch.setattr("pathlib.Path.home", lambda: tmp_path)
+    train, report = load_benchmark("cf", "train")
+    test, _ = load_benchmark("cf", "test")
+    assert (len(train), report.skipped["unparseable cf gold"], len(test)) == (709, 3, 178)
+    assert len(load_snippets("cf")) == 226_468
+    assert (tmp_path / ".cache" / "codefusion").is_dir()
+    assert "built into the package" in caplog.text
+    notice = (Path(__file__).parents[1] / "codefusion" / "builtin_data" / "NOTICE.md").read_text()
+    assert "2d1eeeae2f4248082cee1460676f83d97e493c13" in notice
+    assert "Attribution-ShareAlike 4.0" in notice
 
 
 def test_wrong_top_level_shape(tmp_path):

@@ -1,7 +1,9 @@
 """Fuzz / property tests of every entry point that takes outside text: each one answers with a
 result or its own documented error, never anything else (CF rules also within a time limit).
 
-Every test states its ``max_examples``; the file runs in well under 40 s on 2 CPU cores.
+Every test states its ``max_examples``: at least 1,000 for each parser and entry point (CF
+rules, Bash commands, config overrides, prompts, infill templates, benchmark JSON), fewer for
+the full generation call, which runs a model.
 """
 
 from __future__ import annotations
@@ -91,7 +93,10 @@ def test_generate_gives_candidates_or_a_generation_error(cf_model, prompt, allow
         )
     if isinstance(out, Exception):
         assert isinstance(out, GenerationError), repr(out)
-        assert not prompt.strip() and not allow_empty
+        visible = "".join(
+            ch for ch in prompt if ch in "\t\n" or not (ch < " " or "\x7f" <= ch <= "\x9f")
+        )
+        assert not visible.strip() and not allow_empty  # empty once control characters go
     else:
         assert len(out) == 1 and isinstance(out[0], Candidate) and isinstance(out[0].code, str)
 
@@ -168,7 +173,7 @@ def dataset_file(draw) -> bytes:
     return raw
 
 
-@settings(max_examples=120, **FAST)
+@settings(max_examples=1000, **FAST)
 @given(
     content=dataset_file(),
     lang=st.sampled_from(sorted(LANGUAGES)),
@@ -240,7 +245,7 @@ cf_table = st.one_of(
 )
 
 
-@settings(max_examples=300, **FAST)
+@settings(max_examples=1000, **FAST)
 @given(text=cf_text, data=cf_table)
 def test_cfrules_parse_and_execute_answer_or_raise_cferror_in_bounded_time(text, data):
     parsed, dt = _bounded(cfrules.parse, text)
@@ -307,7 +312,7 @@ SHELL_PIECES = [
 shell_like = st.lists(st.sampled_from(SHELL_PIECES), max_size=30).map(" ".join)
 
 
-@settings(max_examples=250, **FAST)
+@settings(max_examples=1000, **FAST)
 @given(cmd=st.one_of(shell_like, any_text), other=shell_like)
 def test_bash_template_returns_str_or_none_and_never_raises(cmd, other):
     out = bash_metric.template(cmd)
@@ -324,7 +329,7 @@ code_text = st.one_of(
 )
 
 
-@settings(max_examples=250, **FAST)
+@settings(max_examples=1000, **FAST)
 @given(
     code=code_text,
     lang=st.sampled_from(sorted(LANGUAGES)),
@@ -341,3 +346,118 @@ def test_mask_code_never_raises_on_text(code, lang, rate, seed):
         assert out == code
     else:
         assert "<mask>" in out
+
+
+# --- config overrides --------------------------------------------------------------------------
+
+_KEYS = [
+    "seed",
+    "name",
+    "language",
+    "pretrain.lr",
+    "pretrain.max_steps",
+    "finetune.batch_size",
+    "finetune.val_fraction",
+    "pretrain.mask_rate",
+    "finetune.ema_decay",
+    "tokenizer.vocab_size",
+    "tokenizer.scheme",
+    "model.code_len",
+    "model.dropout",
+    "model.preset",
+    "finetune.on_nan",
+    "model.prediction",
+    "finetune.min_t",
+    "pretrain",
+    "model",
+    "nonsense",
+    "finetune.nonsense",
+]
+_VALUES = st.one_of(
+    st.integers(-(10**6), 10**6).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["abc", "[1, 2]", "{a: 1}", "null", "true", "''", "x0", "cf", "1e-3", "- ["]),
+    st.text(max_size=20),
+)
+
+
+@settings(max_examples=1000, **FAST)
+@given(overrides=st.lists(st.tuples(st.sampled_from(_KEYS), _VALUES), min_size=1, max_size=3))
+def test_config_overrides_give_a_config_or_a_one_line_error(overrides):
+    """Any --set KEY=VALUE: a config, or a RunConfigError of one line (no raw Python error)."""
+    from train.config import RunConfig, RunConfigError, load_run_config
+
+    items = [f"{k}={v}" for k, v in overrides]
+    out, _ = _bounded(load_run_config, "configs/cf-tiny.yaml", items)
+    if isinstance(out, Exception):
+        assert isinstance(out, RunConfigError), (items, repr(out))
+        assert "\n" not in str(out) and str(out)
+    else:
+        assert isinstance(out, RunConfig)
+
+
+# --- prompts and infill templates --------------------------------------------------------------
+
+
+@settings(max_examples=1000, **FAST)
+@given(prompt=any_text, allow_empty=st.booleans())
+def test_prompts_are_checked_and_encoded_or_refused_in_one_line(
+    tiny_tokenizer, prompt, allow_empty
+):
+    """The request checks and the encoding every generate call makes (the model's own step is
+    the generate test's above, with fewer examples)."""
+    import warnings
+
+    from codefusion.generator import check_prompts
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out, _ = _bounded(check_prompts, [prompt], allow_empty)
+    if isinstance(out, Exception):
+        assert isinstance(out, GenerationError) and "\n" not in str(out), repr(out)
+        return
+    ids, mask, _ = tiny_tokenizer.encode_prompts(out, 48)
+    assert ids.shape == mask.shape and ids.shape[1] <= 48 and int(mask.sum()) >= 1
+    assert not any(ch < " " and ch not in "\t\n" for ch in out[0])
+
+
+template_text = st.one_of(
+    any_text,
+    st.builds(
+        lambda a, hole, b: a + hole + b,
+        st.text(max_size=20),
+        st.sampled_from(
+            [
+                "<fill>",
+                "<fill:2>",
+                "<fill:1-3>",
+                "<fill:0>",
+                "<fill:x>",
+                "<FILL>",
+                "<fill",
+                "<fill:9-2>",
+                "<fill:40>",
+                "<fill:>",
+            ]
+        ),
+        st.text(max_size=20),
+    ),
+)
+
+
+@settings(max_examples=1000, **FAST)
+@given(template=template_text, max_fill=st.integers(-1, 10))
+def test_infill_templates_lay_out_or_refuse_in_one_line(tiny_tokenizer, template, max_fill):
+    from codefusion.infill import InfillPlan, parse_template
+
+    def plan():
+        t = parse_template(template, max_fill)
+        return InfillPlan(t, tiny_tokenizer.ids, 16, tiny_tokenizer.eos_id, tiny_tokenizer.pad_id)
+
+    out, seconds = _bounded(plan)
+    assert seconds < TIME_LIMIT_S
+    if isinstance(out, Exception):
+        assert isinstance(out, GenerationError) and "\n" not in str(out), repr(out)
+        return
+    known, layouts = out.draws(3)
+    assert known.mask.shape == (3, 16) and len(layouts) == 3

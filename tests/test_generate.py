@@ -131,8 +131,9 @@ def test_cli_generate_json(model_dir, capsys):
         )
         == 0
     )
-    out = json.loads(capsys.readouterr().out)
-    assert out["prompt"] == "cells > 5" and 1 <= len(out["candidates"]) <= 2
+    out = json.loads(capsys.readouterr().out)  # always a list, one object per prompt
+    assert len(out) == 1 and out[0]["prompt"] == "cells > 5"
+    assert 1 <= len(out[0]["candidates"]) <= 2
 
 
 def test_cli_show_steps(model_dir, capsys):

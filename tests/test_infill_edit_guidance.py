@@ -409,7 +409,7 @@ def test_cli_infill_and_edit(model_dir, capsys):
     assert cli(["infill", "--model", model_dir, "--steps", "4", "--k", "2", "--json",
                 "--show-steps", "GreaterThan(<fill:2>)", "cells"]) == 0  # fmt: skip
     cap = capsys.readouterr()
-    out = json.loads(cap.out)
+    (out,) = json.loads(cap.out)
     assert out["template"] == "GreaterThan(<fill:2>)" and 1 <= len(out["candidates"]) <= 2
     assert all(c["code"].startswith("GreaterThan(") for c in out["candidates"])
     assert "t=" in cap.err

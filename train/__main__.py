@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import warnings
 
 from codefusion.errors import UserError
+from codefusion.options import Parser
 
 BASELINE = "t5-baseline"  # the architecture --baseline selects (codefusion/auto.py)
 
@@ -26,12 +26,13 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m train",
         description="Train CodeFusion (or, with --baseline, the autoregressive baseline): stage 1 "
         "pre-training on code snippets (unconditional + code CPD), then stage 2 fine-tuning on "
         "(prompt, code) pairs starting from stage 1. Each stage exports a model directory; "
-        "<out_dir>/<name>/model is the final one.",
+        "<out_dir>/<name>/model is the final one. A killed run resumes where it stopped. "
+        "Example: python -m train --config configs/cf-tiny.yaml --set finetune.max_steps=300",
     )
     p.add_argument("--config", required=True, help="YAML run config (see configs/)")
     p.add_argument(
@@ -58,6 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fresh", action="store_true", help="ignore existing checkpoints instead of resuming"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the final model of an earlier run of the same name (refused otherwise)",
+    )
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="with --stage finetune: fine-tune a fresh model when there is no pre-training export",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     args = p.parse_args(argv)
     from train.dist import RankZeroFilter, is_rank_zero
@@ -70,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         if not any(isinstance(h, _StderrHandler) for h in logger.handlers):  # main runs again
             logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    # Lightning's start-up chatter (devices found, a logger advert, "max_steps reached") says
+    # nothing a run's own log does not; its warnings still show.
+    import lightning.pytorch  # noqa: F401  (importing it resets the level: import first)
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning vs new torch, harmless
     warnings.filterwarnings("ignore", message=".*litlogger.*")
 
@@ -87,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.data:
             cfg.data_dir = args.data
         stages = STAGES if args.stage == "all" else (args.stage,)
-        final = run(cfg, stages, resume=not args.fresh, progress=not args.no_progress)
+        final = run(
+            cfg, stages, resume=not args.fresh, progress=not args.no_progress,
+            overwrite=args.overwrite, from_scratch=args.from_scratch,
+        )  # fmt: skip
     except (UserError, NonFiniteLossError) as e:  # NaN/inf loss with on_nan=stop: names the step
         print(f"error: {e}", file=sys.stderr)
         return 2

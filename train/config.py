@@ -25,6 +25,8 @@ from typing import Any
 import yaml
 
 from codefusion.errors import UserError
+from codefusion.fields import above, at_least, check_fields, unit
+from codefusion.languages import NAMES
 
 
 class RunConfigError(UserError):
@@ -38,11 +40,42 @@ def architecture(name: str | None) -> str:
     from codefusion.generator import DEFAULT_ARCHITECTURE
 
     name = DEFAULT_ARCHITECTURE if name is None else name
-    if name not in ARCHITECTURES:
+    if not isinstance(name, str) or name not in ARCHITECTURES:
         raise RunConfigError(
             f"model.architecture must be one of {', '.join(ARCHITECTURES)}, not {name!r}"
         )
     return name
+
+
+# The stage keys' ranges (types come from the annotations): codefusion/fields.py checks both
+# before anything runs.
+STAGE_RANGES = {
+    "max_steps": at_least(1),
+    "batch_size": at_least(1),
+    "lr": above(0),
+    "weight_decay": at_least(0),
+    "warmup_steps": at_least(0),
+    "grad_clip": above(0),
+    "pad_weight": at_least(0),
+    "uncond_ratio": unit(),
+    "mask_rate": unit(),
+    "prompt_dropout": unit(),
+    "val_fraction": unit(high_inclusive=False),
+    "val_every": at_least(1),
+    "val_batches": at_least(0),
+    "ckpt_every": at_least(1),
+    "log_every": at_least(1),
+    "ema_decay": (0.0, 1.0, False, False),
+    "self_cond_prob": unit(),
+    "min_t": unit(high_inclusive=False),
+    "val_generate": at_least(0),
+    "val_generate_steps": at_least(1),
+    "val_generate_draws": at_least(1),
+    "num_workers": at_least(0),
+}
+RUN_RANGES = {"seed": at_least(0), "num_nodes": at_least(1)}
+TOKENIZER_RANGES = {"vocab_size": at_least(300)}
+TOKENIZER_CHOICES = {"scheme": ("literal", "bytelevel")}
 
 
 @dataclass
@@ -95,35 +128,21 @@ class StageConfig:
     on_nan: str = "stop"  # stop | skip
     num_workers: int = 0
 
-    def __post_init__(self) -> None:
-        if self.on_nan not in ("stop", "skip"):
-            raise RunConfigError(f"on_nan must be 'stop' or 'skip', not {self.on_nan!r}")
-        if not all(
-            0.0 <= v <= 1.0 for v in (self.uncond_ratio, self.mask_rate, self.prompt_dropout)
-        ):
-            raise RunConfigError("uncond_ratio, mask_rate and prompt_dropout must lie in [0, 1]")
-        if self.max_steps < 1 or self.batch_size < 1:
-            raise RunConfigError("max_steps and batch_size must be positive")
+    def check(self, where: str) -> None:
+        """Every key's type, range and choices (codefusion/fields.py); ``where``: its section."""
         from codefusion.diffusion import DECODER_INPUTS, NOISE_WEIGHTINGS
 
         choices = {
+            "on_nan": ("stop", "skip"),
             "noise_weighting": tuple(NOISE_WEIGHTINGS),
             "decoder_input": DECODER_INPUTS,
             "export": ("last", "best"),
         }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise RunConfigError(
-                    f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}"
-                )
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise RunConfigError(f"ema_decay must lie in (0, 1), not {self.ema_decay}")
-        if not 0.0 <= self.self_cond_prob <= 1.0:
-            raise RunConfigError("self_cond_prob must lie in [0, 1]")
-        if self.val_generate_draws < 1 or self.val_generate_steps < 1:
-            raise RunConfigError("val_generate_draws and val_generate_steps must be positive")
+        check_fields(self, where, RunConfigError, STAGE_RANGES, choices)
         if self.export == "best" and self.val_generate < 1:
-            raise RunConfigError("export: best selects by held-out generation: set val_generate")
+            raise RunConfigError(
+                f"{where}.export: best selects by held-out generation: set {where}.val_generate"
+            )
 
     def pick(self, keys: tuple[str, ...]) -> dict[str, Any]:
         """The settings ``keys`` as keyword arguments (for whatever declares that it takes them)."""
@@ -168,33 +187,52 @@ class RunConfig:
         return Path(self.out_dir) / self.name
 
 
-def _build(cls, d: dict[str, Any], where: str):
+def _build(cls, d: dict[str, Any], where: str, prefix: str = ""):
+    """``cls`` from a mapping; unknown keys, wrong types, ranges and choices are one-line
+    errors naming the key (``prefix``: the section, e.g. ``finetune.``)."""
     if not isinstance(d, dict):
-        raise RunConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+        what = prefix.rstrip(".") or "the config"
+        raise RunConfigError(f"{where}: {what} must be a mapping, got {d!r}")
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - set(names))
     if unknown:
-        raise RunConfigError(f"{where}: unknown keys {', '.join(unknown)}")
+        raise RunConfigError(f"{where}: unknown keys {', '.join(prefix + k for k in unknown)}")
     kwargs = {}
     for k, v in d.items():
         if k == "tokenizer":
-            v = _build(TokenizerConfig, v, f"{where}.tokenizer")
+            v = _build(TokenizerConfig, v, where, "tokenizer.")
         elif k in ("pretrain", "finetune") and v is not None:
-            v = _build(StageConfig, v, f"{where}.{k}")
+            v = _build(StageConfig, v, where, f"{k}.")
         kwargs[k] = v
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise RunConfigError(f"{where}: {e}") from None
+    obj = cls(**kwargs)
+    if cls is StageConfig:
+        obj.check(prefix.rstrip("."))
+    elif cls is TokenizerConfig:
+        check_fields(obj, "tokenizer", RunConfigError, TOKENIZER_RANGES, TOKENIZER_CHOICES)
+    else:
+        check_fields(obj, "", RunConfigError, RUN_RANGES, {"language": NAMES})
+    return obj
 
 
 def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
-    for k in keys[:-1]:
+    if not all(keys):
+        raise RunConfigError(f"override key {dotted!r} has an empty part")
+    for i, k in enumerate(keys[:-1]):
         if d.get(k) is None:
             d[k] = {}
+        if not isinstance(d[k], dict):
+            where = ".".join(keys[: i + 1])
+            raise RunConfigError(f"{where} is {d[k]!r}, not a section: cannot set {dotted}")
         d = d[k]
     d[keys[-1]] = value
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line for a YAML error: what is wrong and where (PyYAML's message spans lines)."""
+    problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
@@ -207,18 +245,44 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise RunConfigError(f"{p}: invalid YAML ({e})") from None
+            raise RunConfigError(f"{p}: invalid YAML ({_yaml_problem(e)})") from None
     for item in overrides:
         if "=" not in item:
             raise RunConfigError(f"override {item!r} must look like key.sub=value")
         key, value = item.split("=", 1)
-        _set(raw, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            first = str(e).strip().splitlines()[0]
+            raise RunConfigError(f"override {item!r}: not a value ({first})") from None
+        _set(raw, key.strip(), parsed)
     cfg = _build(RunConfig, raw, str(path or "config"))
-    if cfg.language not in ("cf", "bash", "python"):
-        raise RunConfigError(f"language must be cf, bash or python, not {cfg.language!r}")
-    if isinstance(cfg.num_nodes, bool) or not isinstance(cfg.num_nodes, int) or cfg.num_nodes < 1:
-        raise RunConfigError(f"num_nodes must be a positive whole number, not {cfg.num_nodes!r}")
-    if not isinstance(cfg.model, dict):
-        raise RunConfigError(f"model: expected a mapping, got {type(cfg.model).__name__}")
-    architecture(cfg.model.get("architecture"))
+    for lang in cfg.tokenizer.languages:
+        if lang not in NAMES:
+            raise RunConfigError(f"tokenizer.languages: unknown {lang!r} (choose from {NAMES})")
+    check_model_section(cfg.model)
     return cfg
+
+
+def check_model_section(model: dict[str, Any]) -> None:
+    """The model section as the architecture will read it, checked before anything runs (the
+    vocabulary size comes from the tokenizer later)."""
+    from codefusion.config import ConfigError
+
+    overrides = dict(model)
+    arch = architecture(overrides.pop("architecture", None))
+    name = overrides.pop("preset", "paper")
+    if not isinstance(name, str) or name not in ("paper", "small", "tiny"):
+        raise RunConfigError(f"model.preset must be one of paper, small, tiny, got {name!r}")
+    overrides.pop("encoder_path", None)
+    try:
+        if arch == "t5-baseline":
+            from codefusion.baseline import baseline_config
+
+            baseline_config(name, **overrides)
+        else:
+            from codefusion.config import preset
+
+            preset(name, **overrides)
+    except ConfigError as e:
+        raise RunConfigError(f"model ({arch}): {e}") from None

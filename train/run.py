@@ -23,7 +23,7 @@ import yaml
 
 from codefusion.auto import generator_class, load_generator
 from codefusion.config import ConfigError
-from codefusion.generator import Generator
+from codefusion.generator import TRAINING_FILE, Generator
 from codefusion.tokenizer import CodeTokenizer, tokenizer_corpus, train_bpe
 from train.config import RunConfig, RunConfigError, StageConfig, architecture
 from train.data import CodeFusionDataModule
@@ -293,6 +293,10 @@ def run_stage(
             )
             chosen = load_generator(best_dir).model
         generator_class(arch)(chosen, tok).save_pretrained(export)
+        # How it was trained, for what generation may ask of it (guidance: prompt_dropout).
+        trained = {"run": cfg.name, "stage": stage, "steps": trainer.global_step}
+        trained["prompt_dropout"] = st.prompt_dropout if stage == "finetune" else 0.0
+        (export / TRAINING_FILE).write_text(json.dumps(trained, indent=2) + "\n")
         if sel is not None:
             (export / "selection.json").write_text(json.dumps(sel) + "\n")
     # Every rank starts the next stage from this export: none reads it before it is complete.
@@ -328,10 +332,64 @@ def generation_check(
     )
 
 
+def check_inputs(cfg: RunConfig, stages: tuple[str, ...], from_scratch: bool) -> None:
+    """Everything a run reads, checked before its first step: the data of each stage (a
+    malformed benchmark file must not surface after a whole pre-training), the tokenizer folder,
+    a local encoder, and for fine-tuning alone the pre-training export it starts from."""
+    from codefusion.data import load_benchmark, resolve_data_dir
+    from codefusion.languages import language
+
+    run = [s for s in stages if getattr(cfg, s) is not None]
+    if not run:
+        raise RunConfigError(
+            "nothing to run: the config has neither a pretrain nor a finetune section"
+        )
+    lang = language(cfg.language)
+    if "finetune" in run:
+        load_benchmark(cfg.language, "train", cfg.data_dir)
+    if "pretrain" in run:
+        if lang.snippet_file is not None:
+            snippets = (
+                resolve_data_dir(cfg.data_dir, cfg.language) / "pretraining" / lang.snippet_file
+            )
+            if not snippets.is_file():
+                raise RunConfigError(f"{snippets}: file not found (pre-training snippets)")
+        elif cfg.python_corpus is not None and not Path(cfg.python_corpus).is_file():
+            raise RunConfigError(f"python_corpus {cfg.python_corpus}: file not found")
+    path = Path(cfg.tokenizer.path)
+    if path.exists() and not path.is_dir():
+        raise RunConfigError(f"tokenizer.path {path} is a file, not a folder")
+    if cfg.encoder_path is not None and not Path(cfg.encoder_path).is_dir():
+        raise RunConfigError(f"encoder_path {cfg.encoder_path} does not exist")
+    pre = cfg.run_dir / "pretrain" / "model"
+    if run == ["finetune"] and "pretrain" not in stages and not pre.is_dir() and not from_scratch:
+        raise RunConfigError(
+            f"{pre} does not exist: fine-tuning starts from the pre-training export; run "
+            "--stage pretrain first, or pass --from-scratch to fine-tune a fresh model on purpose"
+        )
+
+
 def run(
-    cfg: RunConfig, stages: tuple[str, ...] = STAGES, resume: bool = True, progress: bool = True
+    cfg: RunConfig,
+    stages: tuple[str, ...] = STAGES,
+    resume: bool = True,
+    progress: bool = True,
+    overwrite: bool = False,
+    from_scratch: bool = False,
 ) -> Path:
-    """Run the requested stages in order; fine-tuning starts from the pre-training export."""
+    """Run the requested stages in order; fine-tuning starts from the pre-training export.
+
+    A run that would replace the final model of an earlier run (``<run>/model`` exists and
+    there is no checkpoint of this run to resume from, or ``resume`` is off) is refused unless
+    ``overwrite``: nothing is overwritten silently."""
+    check_inputs(cfg, stages, from_scratch)
+    final = cfg.run_dir / "model"
+    resumable = any((cfg.run_dir / s / "checkpoints" / "last.ckpt").is_file() for s in stages)
+    if final.exists() and not overwrite and not (resume and resumable):
+        raise RunConfigError(
+            f"{final} holds the model of an earlier run: pass --overwrite to replace it, or set "
+            "another name (--set name=...)"
+        )
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     if is_rank_zero():
         (cfg.run_dir / "run_config.yaml").write_text(
@@ -345,11 +403,7 @@ def run(
         if stage == "finetune" and init is None and (cfg.run_dir / "pretrain" / "model").is_dir():
             init = cfg.run_dir / "pretrain" / "model"
         export = run_stage(cfg, stage, init_from=init, resume=resume, progress=progress)
-    if export is None:
-        raise RunConfigError(
-            "nothing to run: the config has neither a pretrain nor a finetune section"
-        )
-    final = cfg.run_dir / "model"
+    assert export is not None  # check_inputs: some stage runs
     if is_rank_zero():
         if final.exists():
             shutil.rmtree(final)
