@@ -127,6 +127,7 @@ def make_bundle(
     git = git_info(repo)
     source = {
         "git_sha": git["sha"],
+        "git_tree": git.get("tree"),
         "dirty": git["dirty"],
         "python_corpus": {"python": platform.python_version(), "snippets": len(snippets)},
         "wheels": [w.name for w in got],

@@ -23,8 +23,10 @@ def command_line() -> str:
 
 
 def git_info(repo: Path = REPO) -> dict[str, Any]:
-    """The checkout's commit; on a copy without ``.git``, the one the offline bundle
-    (bench/bundle.py) wrote into ``.offline/source.json``, said so."""
+    """The checkout's commit. A copy of the checkout (a GPU node's) may be a git repository of its
+    own, whose commit names nothing upstream: when its tree is the one the offline bundle
+    (bench/bundle.py) recorded in ``.offline/source.json``, the bundle's commit is reported;
+    without ``.git``, the bundle's commit, said so."""
 
     def git(*a: str) -> str | None:
         try:
@@ -34,16 +36,24 @@ def git_info(repo: Path = REPO) -> dict[str, Any]:
         except (OSError, subprocess.CalledProcessError):
             return None
 
+    source = repo / ".offline" / "source.json"
+    try:
+        bundle = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        bundle = None
     sha = git("rev-parse", "HEAD")
     if sha:
         status = git("status", "--porcelain", "--untracked-files=no")
-        return {"sha": sha, "dirty": bool(status), "source": "git"}
-    source = repo / ".offline" / "source.json"
-    try:
-        d = json.loads(source.read_text(encoding="utf-8"))
-        return {"sha": d.get("git_sha"), "dirty": d.get("dirty"), "source": str(source)}
-    except (OSError, ValueError):
-        return {"sha": None, "dirty": None, "source": "unknown (no git, no .offline/source.json)"}
+        tree = git("rev-parse", "HEAD^{tree}")
+        info = {"sha": sha, "tree": tree, "dirty": bool(status), "source": "git"}
+        if bundle and bundle.get("git_tree") == tree and sha != bundle.get("git_sha"):
+            info.update(
+                sha=bundle["git_sha"], source=f"{source} (this copy's tree is that commit's)"
+            )
+        return info
+    if bundle:
+        return {"sha": bundle.get("git_sha"), "dirty": bundle.get("dirty"), "source": str(source)}
+    return {"sha": None, "dirty": None, "source": "unknown (no git, no .offline/source.json)"}
 
 
 def device_name(dev) -> str:

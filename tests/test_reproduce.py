@@ -104,6 +104,38 @@ def test_the_offline_bundle_copies_the_data_and_refuses_clearly(tmp_path):
         make_bundle(data, repo / ".offline", repo=repo, download=None)
 
 
+def test_a_copy_with_its_own_commit_reports_the_bundle_commit(tmp_path):
+    """A GPU node's copy of the checkout may commit the same files under another hash: the run
+    names the commit the bundle was made from, since the trees are the same."""
+    from bench.environment import git_info
+
+    def git(repo: Path, *a: str) -> str:
+        env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+        return subprocess.run(["git", *a], cwd=repo, env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+
+    repos = []
+    for name, message in (("upstream", "one"), ("copy", "another")):
+        repo = tmp_path / name
+        repo.mkdir()
+        (repo / "f.txt").write_text("same\n")
+        git(repo, "init", "-q")
+        git(repo, "add", "f.txt")
+        git(repo, "commit", "-q", "-m", message)
+        repos.append(repo)
+    upstream, copy = repos
+    ours = git_info(upstream)
+    assert ours["sha"] != git(copy, "rev-parse", "HEAD") and ours["tree"]
+    (copy / ".offline").mkdir()
+    source = {"git_sha": ours["sha"], "git_tree": ours["tree"], "dirty": False}
+    (copy / ".offline" / "source.json").write_text(json.dumps(source))
+    assert git_info(copy)["sha"] == ours["sha"]
+    (copy / "f.txt").write_text("changed\n")
+    git(copy, "commit", "-qam", "changed")
+    assert git_info(copy)["sha"] == git(copy, "rev-parse", "HEAD")  # another tree: its own
+
+
 # --- the command --------------------------------------------------------------------------------
 
 
@@ -230,8 +262,9 @@ def _plan_cmd(tmp_path: Path, data: Path, out: Path, minutes: float) -> list[str
 
 
 def test_the_plan_shares_the_time_and_records_every_part(tmp_path, monkeypatch):
-    """The plan's scheduling (bench/reproduce.py: plan) with instant parts: each gets its
-    weight's share of the time left when it starts, a part below its minimum is skipped with the
+    """The plan's scheduling (bench/reproduce.py: plan) with instant parts: each trained part
+    gets its weight's share of the time left when it starts, less the speed benchmark's fixed
+    reservation, a part below its minimum is skipped with the
     reason, a failed part does not stop the others, plan.json is rewritten after every part."""
     from bench import reproduce
 
@@ -247,14 +280,15 @@ def test_the_plan_shares_the_time_and_records_every_part(tmp_path, monkeypatch):
 
     monkeypatch.setattr(reproduce, "run_part", part)
     args = reproduce.parse_args(
-        ["--plan", "--budget-minutes", "2", "--out", str(tmp_path), "--no-smoke",
+        ["--plan", "--budget-minutes", "6", "--out", str(tmp_path), "--no-smoke",
          "--parts", "cf,cf-ar,speed,python"]
     )  # fmt: skip
     report = reproduce.plan(args, time.monotonic())
     parts = report["parts"]
     assert [n for n, _ in seen] == ["cf", "cf-ar", "speed", "python"]
-    total = 120 * 0.97
-    assert seen[0][1] == pytest.approx(total * 35 / 80, rel=0.02)  # cf: 35 of 35+20+10+15
+    total = (360 - reproduce.SPEED_S) * 0.97
+    assert seen[0][1] == pytest.approx(total * 35 / 70, rel=0.02)  # cf: 35 of 35+20+15
+    assert seen[2] == ("speed", reproduce.SPEED_S)
     assert parts["cf"]["status"] == "done" and parts["cf-ar"]["status"] == "failed"
     assert "boom" in parts["cf-ar"]["why"] and parts["python"]["status"] == "done"
     assert list(parts) == ["cf", "cf-ar", "speed", "python", "summary"]
