@@ -203,8 +203,14 @@ def test_a_budgeted_run_writes_complete_files(tmp_path, monkeypatch):
     assert run["budget"]["seconds"] == pytest.approx(seconds)
     for stage in ("pretrain", "finetune"):
         st = run["stages"][stage]
-        assert st["steps"] >= 1 and st["planned_steps"] >= st["steps"] - 1
-        assert st["tokens_per_s"] > 0 and st["mfu"] is None  # no peak FLOP/s known on CPU
+        # A loaded machine can reach the deadline before the planner has measured enough
+        # steps to plan: the stage then says so instead of a plan.
+        assert st["steps"] >= 1
+        assert st.get("planned_steps", st["steps"]) >= st["steps"] - 1
+        assert "planned_steps" in st or st["stopped_by"] == "deadline"
+        assert st["mfu"] is None  # no peak FLOP/s known on CPU
+        # tokens/s is a steady-state rate: none when the deadline came before one was measured.
+        assert (st["tokens_per_s"] or 0) > 0 or "planned_steps" not in st, st
     ev = run["eval"]
     # Every item normally fits; on a loaded machine the deadline may cut the last ones, and the
     # files then say so (the budget, not the item count, is the contract).
