@@ -141,6 +141,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--compile", action="store_true", help="torch.compile E, N, D and the sampling step"
     )
     p.add_argument("--threads", type=int, help="torch CPU threads (default torch's; quick 1)")
+    p.add_argument(
+        "--profile", action="store_true",
+        help="profile one optimised training step: device time vs wall, the top kernels",
+    )  # fmt: skip
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-sample", action="store_true")
     p.add_argument("--skip-baseline", action="store_true")
@@ -203,6 +207,11 @@ def _bench_training(
     warmup = max(args.train_warmup, 3 if compiled else 0)
     with nullcontext() if optimised else reference_kernels():
         times = timed(step, warmup, args.train_steps, dev)
+        profiled = None
+        if optimised and args.profile:
+            from bench.profile_step import profile_step
+
+            profiled = profile_step(step, dev)
     flops = codefusion_flops(model, batch_size, args.prompt_len)["train_step"]
     step_s = statistics.median(times)
     tflops = flops / step_s / 1e12
@@ -224,6 +233,8 @@ def _bench_training(
             torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
         ),
     }
+    if profiled is not None:
+        result["profile"] = profiled
     return result
 
 

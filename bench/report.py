@@ -121,6 +121,10 @@ def markdown(res: dict) -> str:
                 f"{r['achieved_tflops']:.4g} | {mfu} | {mem} |"
             )
         lines += ["", f"**Optimised / reference throughput: {train['speedup']:.2f}x**", ""]
+        if "profile" in train["optimised"]:
+            from bench.profile_step import markdown as profile_lines
+
+            lines += profile_lines(train["optimised"]["profile"], "optimised")
     samp = res.get("sampling")
     if samp:
         names = [n for n in ("reference", "eager_cached", "optimised") if n in samp["runs"][0]]

@@ -318,7 +318,7 @@ def test_benchmark_quick_mode_writes_both_files(tmp_path):
     cmd = [sys.executable, str(BENCH), "--quick", "--device", "cpu", "--preset", "tiny"]
     cmd += ["--vocab-size", "512", "--train-steps", "2", "--train-warmup", "1", "--threads", "1"]
     cmd += ["--sample-steps", "3", "--respaced", "2", "--repeats", "1", "--sample-warmup", "0"]
-    cmd += ["--out", str(out)]
+    cmd += ["--profile", "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
@@ -332,6 +332,10 @@ def test_benchmark_quick_mode_writes_both_files(tmp_path):
         assert train[path]["mfu"] is None  # CPU: no peak to compare with
     assert train["speedup"] > 0 and train["flops_per_step"] > 0
     assert train["reference"]["optimizer"].startswith("AdamW(fused=False)")
+    prof = train["optimised"]["profile"]  # --profile: one step's time by op, summed and ranked
+    assert 0 < prof["device_ms"] and 0 < prof["wall_ms"] and prof["top"]
+    assert sorted((r["ms"] for r in prof["top"]), reverse=True) == [r["ms"] for r in prof["top"]]
+    assert "Where the optimised training step's time goes" in (out / "results.md").read_text()
     assert train["optimised"]["optimizer"] == "AdamW(fused=True)"
     runs = res["sampling"]["runs"]
     assert [r["steps"] for r in runs] == [3, 2]
