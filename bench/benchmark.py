@@ -143,7 +143,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads (default torch's; quick 1)")
     p.add_argument(
         "--profile", action="store_true",
-        help="profile one optimised training step: device time vs wall, the top kernels",
+        help="profile one optimised training step: time on the GPU vs wall time, the top kernels",
     )  # fmt: skip
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-sample", action="store_true")

@@ -37,6 +37,7 @@ from bench.eval_plan import (
 log = logging.getLogger("bench.reproduce")
 
 BASELINE = "t5-baseline"
+MASKED = "masked"
 SMOKE_PROBE_STEPS = (1, 2)  # the smoke's: its paths, not its timings, matter
 SMOKE_CPU_BATCH = 8
 
@@ -62,8 +63,8 @@ def build_config(args: argparse.Namespace, data: Path, work: Path, smoke: bool, 
         if (st := getattr(base, stage)) is not None
     }
     sets = [f"model.preset={args.size}", f"out_dir={work / 'runs'}", f"data_dir={data}"]
-    if args.architecture == BASELINE:
-        sets.append(f"model.architecture={BASELINE}")
+    if args.architecture != "codefusion":
+        sets.append(f"model.architecture={args.architecture}")
     corpus = data / PYTHON_CORPUS
     if base.python_corpus is None and corpus.is_file():
         sets.append(f"python_corpus={corpus}")
@@ -89,7 +90,7 @@ def build_config(args: argparse.Namespace, data: Path, work: Path, smoke: bool, 
         if smoke and dev.type == "cpu":
             sets.append(f"{stage}.batch_size={min(st.batch_size, SMOKE_CPU_BATCH)}")
     cfg = load_run_config(path, sets + list(args.overrides))
-    suffix = "-ar" if args.architecture == BASELINE else ""
+    suffix = {BASELINE: "-ar", MASKED: "-masked"}.get(args.architecture, "")
     cfg.name = f"{args.benchmark}-{args.size}{suffix}"
     return cfg, fractions
 
@@ -297,7 +298,9 @@ def budgeted_run(args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
                 "is left to train and evaluate; give a larger budget"
             )
         args.out.mkdir(parents=True, exist_ok=True)
-        size = "T5 baseline" if args.architecture == BASELINE else "CodeFusion"
+        size = {BASELINE: "T5 baseline", MASKED: "Masked diffusion"}.get(
+            args.architecture, "CodeFusion"
+        )
         minutes = budget.seconds / 60
 
         def system(plan: EvalPlan) -> str:

@@ -132,8 +132,11 @@ def plan_from_probe(
 
 
 def max_steps(gen) -> int:
-    """The model's T (sampling steps at most); 0 for the baseline, which takes none."""
-    return int(gen.config.diffusion_steps) if gen.takes("steps") else 0
+    """Sampling steps at most: CodeFusion's T; the masked model's canvas length (one position
+    unmasked per step: more steps change nothing); 0 for the baseline, which takes none."""
+    if not gen.takes("steps"):
+        return 0
+    return int(getattr(gen.config, "diffusion_steps", 0) or gen.config.code_len)
 
 
 def evaluate(

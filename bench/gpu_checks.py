@@ -209,7 +209,6 @@ def compiled_training(dev: torch.device, work: Path, backend: str = "inductor") 
     """The training check (see the module doc): tiny fixture data written under ``work``."""
     from bench.fixtures import write_fixture_data
     from codefusion.pipeline import CodeFusion
-    from codefusion.sampling.graph import strict_graphs
     from train.config import load_run_config
     from train.run import run_stage
 
@@ -254,8 +253,9 @@ finetune: {stage}
     moved = any(
         not torch.equal(v, cf.model.state_dict()[k]) for k, v in pre.model.state_dict().items()
     )
-    with strict_graphs():  # on CUDA generate takes the graph path: it must capture
-        top = cf.generate("cells greater than 5", k=2, steps=4)
+    # The plain sampler: the sampling check captured the graph path already, and compiling
+    # it again for this model would double the smoke's longest wait.
+    top = cf.generate("cells greater than 5", k=2, steps=4, fast=False)
     return {
         "compile_backend": backend,
         "precision": "bf16-mixed",

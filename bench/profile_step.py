@@ -9,7 +9,7 @@ ops; or that kernel), so this profiles one step after the timed ones and reports
 - ``device_ms``: the summed self time of the device's kernels (CPU ops' self time on a CPU);
 - ``device_busy``: ``device_ms / wall_ms`` — well below 1 on a GPU means the GPU waits for the
   host: launch-bound;
-- ``top``: the ops that take the most device time, with their calls and share.
+- ``top``: the ops that take the most GPU time, with their calls and share.
 """
 
 from __future__ import annotations

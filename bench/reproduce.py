@@ -12,6 +12,7 @@ part's files complete on disk the moment it ends.
     speed       the speed benchmark (bench/benchmark.py): training tokens/s and MFU, top-5
                 latency at 1200 and 100 steps, eager fp32 against the optimised path
     cf-ar       the T5 baseline of the same size on CF
+    cf-masked   the masked diffusion model of the same sizes on CF (codefusion/masked.py)
     bash        CodeFusion on Bash
     python      CodeFusion on Python
 
@@ -45,7 +46,7 @@ if str(REPO) not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 from bench.budget import Budget, BudgetError, parse_split  # noqa: E402
-from bench.budgeted import BASELINE, MIN_BUDGET_S  # noqa: E402
+from bench.budgeted import BASELINE, MASKED, MIN_BUDGET_S  # noqa: E402
 from codefusion.errors import UserError  # noqa: E402
 
 SIZES = ("paper", "small", "tiny")  # CodeFusion presets; "ar-<size>": the baseline of that size
@@ -55,11 +56,12 @@ PARTS: dict[str, tuple[str, str] | str] = {
     "cf": ("cf", "codefusion"),
     "speed": "speed",
     "cf-ar": ("cf", BASELINE),
+    "cf-masked": ("cf", MASKED),
     "bash": ("bash", "codefusion"),
     "python": ("python", "codefusion"),
 }
 DEFAULT_PARTS = tuple(PARTS)
-WEIGHTS = {"cf": 35.0, "cf-ar": 20.0, "bash": 20.0, "python": 15.0}
+WEIGHTS = {"cf": 35.0, "cf-ar": 20.0, "cf-masked": 20.0, "bash": 20.0, "python": 15.0}
 # The speed benchmark's cost hardly depends on the budget: its --quick run took 126 s on an H200
 # (results/gpu/speed), compilation and CUDA-graph capture included. It is reserved as a fixed
 # amount, and the trained parts share what is left in the ratio of their weights.
@@ -84,6 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preset", default="paper", choices=PRESETS,
                    help="model size (default paper); ar-<size>: the baseline of that size")  # fmt: skip
     p.add_argument("--baseline", action="store_true", help="--benchmark: the T5 baseline")
+    p.add_argument("--masked", action="store_true", help="--benchmark: the masked diffusion model")
     p.add_argument("--data", help="benchmark data folder (default: $CODEFUSION_DATA)")
     p.add_argument(
         "--config", type=Path, help="run config (default configs/<benchmark>-paper.yaml)"
@@ -103,6 +106,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.size, args.architecture = args.preset, "codefusion"
     if args.preset.startswith("ar-") or args.baseline:
         args.size, args.architecture = args.preset.removeprefix("ar-"), BASELINE
+    if args.masked:
+        if args.architecture == BASELINE:
+            p.error("--masked and the baseline (--baseline, ar-<size>) exclude each other")
+        args.architecture = MASKED
     if not args.smoke and args.budget_minutes is None:
         p.error("--budget-minutes is required with --plan and --benchmark")
     if args.eval_batch_size < 1:

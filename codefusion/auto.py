@@ -2,7 +2,8 @@
 directory (or a run config's ``model.architecture``) names.
 
 ``config.json``'s ``"architecture"`` key decides: ``"t5-baseline"`` is an
-:class:`~codefusion.baseline.ARBaseline`; no key (``"codefusion"``) is a
+:class:`~codefusion.baseline.ARBaseline`, ``"masked"`` a
+:class:`~codefusion.masked.MaskedDiffusion`; no key (``"codefusion"``) is a
 :class:`~codefusion.pipeline.CodeFusion`. Classes are imported when asked for, so that naming
 one costs nothing.
 """
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 ARCHITECTURES: dict[str, str] = {
     "codefusion": "codefusion.pipeline:CodeFusion",
     "t5-baseline": "codefusion.baseline:ARBaseline",
+    "masked": "codefusion.masked:MaskedDiffusion",
 }
 
 

@@ -22,26 +22,29 @@ DEFAULT_CACHE = Path.home() / ".cache" / "codefusion"
 def _generate_options(args: argparse.Namespace) -> dict:
     """The generator's own options among the flags: only those given (another model's option is
     then the generator's one-line error, not silently ignored)."""
-    from codefusion.decoding import DecodingOptions
+    from codefusion.decoding import DecodingOptions, UnmaskingOptions
     from codefusion.options import given_options
     from codefusion.sampling.options import SamplingOptions
 
-    return given_options(args, SamplingOptions, DecodingOptions)
+    return given_options(args, SamplingOptions, DecodingOptions, UnmaskingOptions)
 
 
 def _load(args: argparse.Namespace, verb: str | None = None):
     """The generator of ``--model`` on ``--device`` (default: CUDA when there is one); ``verb``:
-    a verb only the diffusion model serves (infill, edit)."""
+    one only some generators serve (infill: the diffusion models; edit: CodeFusion)."""
     from codefusion.generator import check_model_dir, resolve_device
 
     check_model_dir(args.model)  # a missing directory or file: said before torch loads
     device = resolve_device(args.device)
     from codefusion.auto import load_generator
+    from codefusion.infill import Infilling
     from codefusion.pipeline import CodeFusion
 
     gen = load_generator(args.model, device=device)
-    if verb is not None and not isinstance(gen, CodeFusion):
-        raise UserError(f"{verb} needs a diffusion model, not the autoregressive baseline")
+    serves = {"infill": Infilling, "edit": CodeFusion}.get(verb, object)
+    if not isinstance(gen, serves):
+        what = "a diffusion model" if verb == "infill" else "continuous CodeFusion"
+        raise UserError(f"{verb} needs {what}, not this {gen.architecture} model")
     return gen
 
 
@@ -52,12 +55,24 @@ def _trace_steps(ts: list[int]) -> set[int]:
     return {ts[round(i * (len(ts) - 1) / 7)] for i in range(8)}
 
 
+def _steps_of(gen, options: dict) -> list[int]:
+    """The steps a request runs, in order: CodeFusion's timesteps (T-1 ... 0), or the masked
+    model's unmasking steps (1 ... steps)."""
+    if hasattr(gen, "schedule"):
+        return gen.schedule.timesteps(options.get("steps"))
+    return gen.steps_of(options)
+
+
 def _print_trace(cf, out, row: int, what: str) -> None:
+    """x̂0 decoded at the traced steps (CodeFusion), or the canvas with its masked positions
+    shown as ``_`` (the masked model)."""
     print(what, file=sys.stderr)
     if not out.trace:
         print("  (no denoising step: t0 = 0 decodes the input's L(code))", file=sys.stderr)
+    render = getattr(cf, "render", None) or (lambda r: cf.tokenizer.decode(r))
+    label = "step" if hasattr(cf, "render") else "t"
     for t, tokens in out.trace:
-        print(f"  t={t:5d}  {cf.tokenizer.decode(tokens[row].tolist())}", file=sys.stderr)
+        print(f"  {label}={t:5d}  {render(tokens[row].tolist())}", file=sys.stderr)
 
 
 def _print_candidates(results: list, args: argparse.Namespace, heads: list[dict]) -> None:
@@ -124,7 +139,7 @@ def _cmd_infill(args: argparse.Namespace) -> int:
     if args.show_steps:
         plan = cf.infill_plan(args.template, args.max_fill)
         kw["num_draws"] = args.draws or plan.default_draws(args.k)
-        ts = cf.schedule.timesteps(args.steps)
+        ts = _steps_of(cf, options)
         out, _ = cf.infill_draws(args.template, args.prompt, trace_at=_trace_steps(ts), **kw)
         best = int(out.scores.argmax())
         _print_trace(cf, out, best, f"denoising the best draw ({len(ts)} steps):")
@@ -169,13 +184,12 @@ def _cmd_edit(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from codefusion.pipeline import CodeFusion
 
     gen = _load(args)
     options = _generate_options(args)
     gen.options(**options)  # a bad option is an error before anything is generated
     if args.show_steps:
-        if not isinstance(gen, CodeFusion):
+        if not hasattr(gen, "sample_draws"):
             raise UserError("--show-steps needs a diffusion model, not the autoregressive baseline")
         _show_steps(gen, args, options)
     results = _with_warnings(
@@ -189,13 +203,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _show_steps(cf, args: argparse.Namespace, options: dict) -> None:
-    """Replay the denoising of the first draw: the code decoded from x0_hat at a few steps."""
-    ts = cf.schedule.timesteps(args.steps)
-    picks = sorted({ts[round(i * (len(ts) - 1) / 7)] for i in range(8)}, reverse=True)
-    out = cf.sample_draws(args.prompts[:1], 1, seed=args.seed, trace_at=set(picks), **options)
-    print(f"denoising '{args.prompts[0]}' (draw 1, {len(ts)} steps):", file=sys.stderr)
-    for t, tokens in out.trace:
-        print(f"  t={t:5d}  {cf.tokenizer.decode(tokens[0].tolist())}", file=sys.stderr)
+    """Replay the first draw: the code decoded from x0_hat at a few steps (CodeFusion), or the
+    canvas as it unmasks (the masked model)."""
+    ts = _steps_of(cf, options)
+    out = cf.sample_draws(args.prompts[:1], 1, seed=args.seed, trace_at=_trace_steps(ts), **options)
+    _print_trace(cf, out, 0, f"denoising '{args.prompts[0]}' (draw 1, {len(ts)} steps):")
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
@@ -244,11 +256,12 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _add_sampling_args(
-    p: argparse.ArgumentParser, shown: str = "best", baseline: bool = False
+    p: argparse.ArgumentParser, shown: str = "best", others: tuple[str, ...] = ()
 ) -> None:
     """The flags generate, infill and edit share, the generation options among them derived
-    from the options dataclasses (``baseline``: the autoregressive baseline's too, generate
-    serving both); ``shown``: the draw that --show-steps replays."""
+    from the options dataclasses: CodeFusion's, and ``others``' ("masked", "baseline") for a
+    verb that serves them too; ``shown``: the draw that --show-steps replays."""
+    from codefusion.decoding import DecodingOptions, UnmaskingOptions
     from codefusion.options import add_option_flags
     from codefusion.sampling.options import SamplingOptions
 
@@ -257,10 +270,10 @@ def _add_sampling_args(
     )
     p.add_argument("--k", type=int, default=5, help="candidates to return (default 5)")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same output")
-    add_option_flags(p, SamplingOptions, prefix="CodeFusion: " if baseline else "")
-    if baseline:
-        from codefusion.decoding import DecodingOptions
-
+    add_option_flags(p, SamplingOptions, prefix="CodeFusion: " if others else "")
+    if "masked" in others:  # --steps is shared: the masked model's unmasking steps
+        add_option_flags(p, UnmaskingOptions, prefix="masked: ", skip=("steps",))
+    if "baseline" in others:
         add_option_flags(p, DecodingOptions, prefix="baseline: ")
     p.add_argument(
         "--syntax-rank", choices=["python", "bash", "cf"], help="rank candidates that parse first"
@@ -290,12 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         help="generate top-k programs for prompts",
         description="Top-k programs for each prompt, best first, ranked by the model's own "
-        "score (CodeFusion or the autoregressive baseline: the model directory says which). "
+        "score (CodeFusion, the masked diffusion model or the autoregressive baseline: the "
+        "model directory says which). "
         "Example: codefusion generate --model runs/cf-tiny/model --k 3 --steps 100 "
         "'Highlight cells greater than 100'",
     )
     g.add_argument("prompts", nargs="+", help="natural-language prompt(s)")
-    _add_sampling_args(g, shown="first", baseline=True)
+    _add_sampling_args(g, shown="first", others=("masked", "baseline"))
     g.add_argument("--draws", type=int, default=None, help="noise draws per prompt (default 2k)")
     g.set_defaults(func=_cmd_generate)
 
@@ -312,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("template", help="code with holes, e.g. 'find . -name <fill> -delete'")
     f.add_argument("prompt", help="natural-language prompt")
-    _add_sampling_args(f)
+    _add_sampling_args(f, others=("masked",))
     f.add_argument(
         "--max-fill",
         type=int,

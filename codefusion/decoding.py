@@ -1,5 +1,6 @@
-"""The autoregressive baseline's generation options (codefusion/baseline.py), apart from the
-model so that the command line reads their flags without importing torch."""
+"""The generation options of the autoregressive baseline (codefusion/baseline.py) and of the
+masked diffusion model (codefusion/masked.py), apart from the models so that the command line
+reads their flags without importing torch."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from codefusion.options import option
 
 MODES = ("beam", "sample")
+ORDERS = ("random", "confidence")  # codefusion/absorbing.py: which masked positions go first
 
 
 @dataclass(frozen=True)
@@ -20,4 +22,17 @@ class DecodingOptions:
     top_p: float = option(0.95, "nucleus mass (mode sample)", type=float)
     max_new_tokens: int | None = option(
         None, "longest output in tokens; default the canvas it was trained on", type=int
+    )
+
+
+@dataclass(frozen=True)
+class UnmaskingOptions:
+    """The masked diffusion model's generation options (codefusion/absorbing.py: ``unmask``)."""
+
+    steps: int | None = option(None, "unmasking steps; default one per canvas position", type=int)
+    order: str = option(
+        "random",
+        "which masked positions are unmasked first: a random order (MDLM) or the most "
+        "confident (MaskGIT)",
+        choices=ORDERS,
     )

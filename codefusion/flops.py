@@ -60,7 +60,9 @@ def codefusion_flops(
         2 * (linear_weights(model.denoiser, per_code) * b * c + per_example * b)
         + cfg.denoiser_layers * layer_attention
     )
-    extra = self_cond_prob * first_pass if cfg.self_condition else 0.0
+    # The masked model (codefusion/masked.py) has the same stacks, no timestep MLPs and no
+    # self-conditioning: the same count holds for it.
+    extra = self_cond_prob * first_pass if getattr(cfg, "self_condition", False) else 0.0
     return {
         "forward": float(forward),
         "train_step": float(3 * forward + extra),
@@ -95,7 +97,7 @@ def t5_flops(model: nn.Module, batch_size: int, prompt_len: int) -> dict[str, An
 
 
 def train_step_flops(model: nn.Module, batch_size: int, prompt_len: int) -> float:
-    """FLOPs of one training step of either architecture."""
+    """FLOPs of one training step of any architecture (CodeFusion, masked, T5)."""
     if hasattr(model, "denoiser"):
         return codefusion_flops(model, batch_size, prompt_len)["train_step"]
     return t5_flops(model, batch_size, prompt_len)["train_step"]

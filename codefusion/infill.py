@@ -39,7 +39,8 @@ from dataclasses import dataclass
 import torch
 
 from codefusion.errors import GenerationError
-from codefusion.sampling import Known
+from codefusion.generator import Candidate, check_prompts, rank_candidates
+from codefusion.sampling.request import Known
 
 PLACEHOLDER = re.compile(r"<fill(?::(\d+)(?:-(\d+))?)?>")
 _ANY_PLACEHOLDER = re.compile(r"<fill\b[^<>]{0,20}>?", re.IGNORECASE)
@@ -216,3 +217,95 @@ def fill_ids(row: Sequence[int], layout: Layout, stop_ids: Sequence[int]) -> lis
                 end += 1
         out.append(list(row[start:end]))
     return out
+
+
+@dataclass(frozen=True)
+class InfillCandidate(Candidate):
+    """An infilled program, its score, and the text of each hole (spaces kept)."""
+
+    fills: tuple[str, ...] = ()
+
+
+class Infilling:
+    """``infill`` for a diffusion generator whose ``draw(ids, mask, n, seed, options, trace_at,
+    known=...)`` keeps the ``known`` positions (CodeFusion, the masked model)."""
+
+    def infill_plan(self, template: str, max_fill: int = DEFAULT_MAX_FILL) -> InfillPlan:
+        """The template parsed and laid on this model's canvas (``GenerationError`` when it
+        has no hole, an unknown placeholder, or does not fit)."""
+        cfg = self.config
+        return InfillPlan(
+            parse_template(template, max_fill), self.tokenizer.ids, cfg.code_len, cfg.eos_id,
+            cfg.pad_id,
+        )  # fmt: skip
+
+    def infill_draws(
+        self,
+        template: str,
+        prompt: str,
+        num_draws: int | None = None,
+        seed: int = 0,
+        max_fill: int = DEFAULT_MAX_FILL,
+        trace_at: set[int] | None = None,
+        allow_empty: bool = False,
+        **options,
+    ):
+        """Raw infilling draws, unranked, and each draw's layout (``num_draws`` None: every
+        combination of hole lengths equally often, at least 10 draws)."""
+        import torch
+
+        opts = self.options(**options)
+        plan = self.infill_plan(template, max_fill)
+        n = plan.default_draws(5) if num_draws is None else num_draws
+        if n < 1:
+            raise GenerationError(f"num_draws must be at least 1, got {n}")
+        known, layouts = plan.draws(n)
+        ids, mask = self.encode_prompts(check_prompts([prompt], allow_empty))
+        with torch.no_grad():
+            return self.draw(ids, mask, n, seed, opts, trace_at, known=known), layouts
+
+    def infill(
+        self,
+        template: str,
+        prompt: str,
+        k: int = 5,
+        num_draws: int | None = None,
+        seed: int = 0,
+        max_fill: int = DEFAULT_MAX_FILL,
+        syntax_rank: str | None = None,
+        allow_empty: bool = False,
+        rank: str = "score",
+        **options,
+    ) -> list[InfillCandidate]:
+        """Fill the holes of ``template`` under ``prompt``: the top-k programs, best first.
+
+        ``<fill:N>`` holds exactly N tokens; ``<fill>`` takes 1 to ``max_fill`` tokens, the
+        lengths (with several holes, a bounded set of their combinations) drawn in turn across
+        the draws and ranked by the model's score with everything else, like top-k. Every
+        token of the template's text is kept, at its place; the code ends where the template
+        does (unless it ends with ``<fill>``: then the model ends it). ``num_draws`` None:
+        every combination equally often, at least ``2k`` draws. Options as for ``generate``.
+        See :mod:`codefusion.infill` for the template syntax and the tokenisation rules."""
+        if k < 1:
+            raise GenerationError(f"k must be at least 1, got {k}")
+        plan = self.infill_plan(template, max_fill)
+        n = plan.default_draws(k) if num_draws is None else num_draws
+        if n < k:
+            raise GenerationError(f"k={k} is larger than the number of draws ({n})")
+        out, layouts = self.infill_draws(
+            template, prompt, n, seed, max_fill, allow_empty=allow_empty, **options
+        )
+        stops = (self.config.eos_id, self.config.pad_id)
+        fills: dict[str, tuple[str, ...]] = {}
+        codes = []
+        for row, layout in zip(out.tokens.tolist(), layouts, strict=True):
+            code = self.tokenizer.decode(row)
+            codes.append(code)
+            fills.setdefault(code, tuple(map(self._raw_text, fill_ids(row, layout, stops))))
+        ranked = rank_candidates(codes, out.scores.tolist(), k, syntax_rank, rank)
+        return [InfillCandidate(c.code, c.score, fills[c.code]) for c in ranked]
+
+    def _raw_text(self, ids: list[int]) -> str:
+        return self.tokenizer.hf.decode(
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )

@@ -180,12 +180,14 @@ def copy_diagnostics(examples: list, candidates: list, lang: str, strict: list |
     ``candidates`` (objects with ``.code``):
 
     - ``copy_rate``: among the candidates with the gold's shape (:data:`SHAPES`) whose gold
-      states literals in its prompt, the share that carry every one of them exactly;
+      states literals in its prompt, the share that carry every one of them exactly (all of the
+      top-k: the lower-ranked ones are often the same rule with other literals);
+    - ``copy_rate_top1``: the same among top-1 candidates alone;
     - ``right_shape_top1``: the share of items whose top-1 has the gold's shape;
     - ``literal_free_top1``: top-1 accuracy (``strict`` verdicts per item, else shape equality)
       on the items whose gold has no literal: the rule's structure alone."""
     shape_of, lits_of = SHAPES[lang], LITERALS[lang]
-    carried = right = shape1 = free = free_ok = 0
+    carried = right = shape1 = free = free_ok = carried1 = right1 = 0
     for i, (ex, cands) in enumerate(zip(examples, candidates, strict=True)):
         gold_shape = shape_of(ex.code)
         wanted = [x for x in lits_of(ex.code) if in_prompt(x, ex.prompt or "")]
@@ -197,14 +199,17 @@ def copy_diagnostics(examples: list, candidates: list, lang: str, strict: list |
             free_ok += bool(cands) and bool(ok)
         if not wanted or gold_shape is None:
             continue
-        for c, sh in zip(cands, shapes, strict=True):
+        for rank, (c, sh) in enumerate(zip(cands, shapes, strict=True)):
             if sh == gold_shape:
-                right += 1
                 have = lits_of(c.code)
-                carried += all(w in have for w in wanted)
+                ok = all(w in have for w in wanted)
+                right, carried = right + 1, carried + ok
+                if rank == 0:
+                    right1, carried1 = right1 + 1, carried1 + ok
     n = max(1, len(examples))
     return {
         "copy_rate": 100 * carried / right if right else None,
+        "copy_rate_top1": 100 * carried1 / right1 if right1 else None,
         "right_shape_candidates_with_prompt_literals": right,
         "right_shape_top1": 100 * shape1 / n,
         "literal_free_items": free,

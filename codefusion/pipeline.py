@@ -19,7 +19,6 @@ does.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ import torch
 from codefusion.config import CodeFusionConfig, preset
 from codefusion.errors import GenerationError, ModelLoadError
 from codefusion.generator import Candidate, Generator, check_prompts, rank_candidates
-from codefusion.infill import DEFAULT_MAX_FILL, InfillPlan, Layout, fill_ids, parse_template
+from codefusion.infill import InfillCandidate, Infilling
 from codefusion.model import CodeFusionModel, Prompt, attention_mask
 from codefusion.sampling import Known, SampleOutput, SamplingOptions, sample
 from codefusion.schedule import SqrtSchedule
@@ -44,13 +43,6 @@ __all__ = [
     "build_model",
     "rank_candidates",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class InfillCandidate(Candidate):
-    """An infilled program, its score, and the text of each hole (spaces kept)."""
-
-    fills: tuple[str, ...] = ()
 
 
 def build_model(
@@ -72,7 +64,7 @@ def build_model(
     return CodeFusionModel(cfg, encoder)
 
 
-class CodeFusion(Generator):
+class CodeFusion(Infilling, Generator):
     """A trained CodeFusion model with its tokenizer and schedule, ready to generate.
 
     ``generate`` draws ``num_draws`` (default ``2k``) noise samples per prompt in one batch and
@@ -192,85 +184,6 @@ class CodeFusion(Generator):
             self.model, self.schedule, enc, cross_mask, num_draws, gen, options, known, trace_at,
             start, prompt,
         )  # fmt: skip
-
-    # --- infilling ---------------------------------------------------------------------------
-    def infill_plan(self, template: str, max_fill: int = DEFAULT_MAX_FILL) -> InfillPlan:
-        """The template parsed and laid on this model's canvas (``GenerationError`` when it
-        has no hole, an unknown placeholder, or does not fit)."""
-        cfg = self.config
-        return InfillPlan(
-            parse_template(template, max_fill), self.tokenizer.ids, cfg.code_len, cfg.eos_id,
-            cfg.pad_id,
-        )  # fmt: skip
-
-    @torch.no_grad()
-    def infill_draws(
-        self,
-        template: str,
-        prompt: str,
-        num_draws: int | None = None,
-        seed: int = 0,
-        max_fill: int = DEFAULT_MAX_FILL,
-        trace_at: set[int] | None = None,
-        allow_empty: bool = False,
-        **options: Any,
-    ) -> tuple[SampleOutput, list[Layout]]:
-        """Raw infilling draws, unranked, and each draw's layout (``num_draws`` None: every
-        combination of hole lengths equally often, at least 10 draws)."""
-        opts = self.options(**options)
-        plan = self.infill_plan(template, max_fill)
-        n = plan.default_draws(5) if num_draws is None else num_draws
-        if n < 1:
-            raise GenerationError(f"num_draws must be at least 1, got {n}")
-        known, layouts = plan.draws(n)
-        ids, mask = self.encode_prompts(check_prompts([prompt], allow_empty))
-        return self.draw(ids, mask, n, seed, opts, trace_at, known=known), layouts
-
-    def infill(
-        self,
-        template: str,
-        prompt: str,
-        k: int = 5,
-        num_draws: int | None = None,
-        seed: int = 0,
-        max_fill: int = DEFAULT_MAX_FILL,
-        syntax_rank: str | None = None,
-        allow_empty: bool = False,
-        rank: str = "score",
-        **options: Any,
-    ) -> list[InfillCandidate]:
-        """Fill the holes of ``template`` under ``prompt``: the top-k programs, best first.
-
-        ``<fill:N>`` holds exactly N tokens; ``<fill>`` takes 1 to ``max_fill`` tokens, the
-        lengths (with several holes, a bounded set of their combinations) drawn in turn across
-        the draws and ranked by the model's score with everything else, like top-k. Every
-        token of the template's text is kept, at its place; the code ends where the template
-        does (unless it ends with ``<fill>``: then the model ends it). ``num_draws`` None:
-        every combination equally often, at least ``2k`` draws. Options as for ``generate``.
-        See :mod:`codefusion.infill` for the template syntax and the tokenisation rules."""
-        if k < 1:
-            raise GenerationError(f"k must be at least 1, got {k}")
-        plan = self.infill_plan(template, max_fill)
-        n = plan.default_draws(k) if num_draws is None else num_draws
-        if n < k:
-            raise GenerationError(f"k={k} is larger than the number of draws ({n})")
-        out, layouts = self.infill_draws(
-            template, prompt, n, seed, max_fill, allow_empty=allow_empty, **options
-        )
-        stops = (self.config.eos_id, self.config.pad_id)
-        fills: dict[str, tuple[str, ...]] = {}
-        codes = []
-        for row, layout in zip(out.tokens.tolist(), layouts, strict=True):
-            code = self.tokenizer.decode(row)
-            codes.append(code)
-            fills.setdefault(code, tuple(map(self._raw_text, fill_ids(row, layout, stops))))
-        ranked = rank_candidates(codes, out.scores.tolist(), k, syntax_rank, rank)
-        return [InfillCandidate(c.code, c.score, fills[c.code]) for c in ranked]
-
-    def _raw_text(self, ids: list[int]) -> str:
-        return self.tokenizer.hf.decode(
-            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
 
     # --- editing -----------------------------------------------------------------------------
     def encode_edit_inputs(self, codes: Sequence[str]) -> torch.Tensor:

@@ -77,21 +77,22 @@ def _run_name(model: Path) -> str:
 
 
 def _own_options(args: argparse.Namespace) -> dict:
-    """The generation options the command line gave (either model's: see codefusion.options)."""
-    from codefusion.decoding import DecodingOptions
+    """The generation options the command line gave (any model's: see codefusion.options)."""
+    from codefusion.decoding import DecodingOptions, UnmaskingOptions
     from codefusion.options import given_options
     from codefusion.sampling.options import SamplingOptions
 
-    return given_options(args, SamplingOptions, DecodingOptions)
+    return given_options(args, SamplingOptions, DecodingOptions, UnmaskingOptions)
 
 
 def _add_option_flags(p: argparse.ArgumentParser) -> None:
-    """Both models' generation options as flags, derived from their dataclasses."""
-    from codefusion.decoding import DecodingOptions
+    """Every model's generation options as flags, derived from their dataclasses."""
+    from codefusion.decoding import DecodingOptions, UnmaskingOptions
     from codefusion.options import add_option_flags
     from codefusion.sampling.options import SamplingOptions
 
     add_option_flags(p, SamplingOptions, prefix="CodeFusion: ")
+    add_option_flags(p, UnmaskingOptions, prefix="masked: ", skip=("steps",))
     add_option_flags(p, DecodingOptions, prefix="baseline: ")
 
 
@@ -189,65 +190,17 @@ def _ablation(args: argparse.Namespace) -> int:
 
 
 def _repair(args: argparse.Namespace) -> int:
-    import random
+    from eval.beyond import repair_command
 
-    from codefusion.auto import load_generator
-    from codefusion.pipeline import CodeFusion
-    from eval.beyond import check_strengths, repair_eval
-
-    check_strengths(args.strength)
-    from codefusion.generator import resolve_device
-
-    device = resolve_device(args.device)
-    gen = load_generator(args.model, device=device)
-    if not isinstance(gen, CodeFusion):
-        raise UserError("repair edits with a diffusion model, not the autoregressive baseline")
-    examples = _examples(args)
-    indices = list(range(len(examples)))
-    if args.sample is not None and args.sample < len(examples):
-        indices = sorted(random.Random(args.seed).sample(indices, args.sample))
-    options = {k: v for k, v in {"steps": args.steps, "guidance": args.guidance}.items() if v}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = repair_eval(
-            gen,
-            [examples[i] for i in indices],
-            args.benchmark,
-            args.strength,
-            Path(args.out),
-            kinds=args.kinds,
-            k=args.k,
-            num_draws=args.draws,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            indices=indices,
-            **options,
-        )
-    print((Path(args.out) / "table.md").read_text())
-    print(f"{m['generation_seconds']:.0f} s -> {args.out}")
-    return 0
+    return repair_command(args, _examples(args))
 
 
 def _guidance(args: argparse.Namespace) -> int:
-    from eval.beyond import guidance_sweep
+    from eval.beyond import guidance_command
 
-    def examples_of(split: str) -> list:
-        return _examples(argparse.Namespace(**{**vars(args), "split": split}))
-
-    options = {"k": args.k, "seed": args.seed, "num_draws": args.draws, "steps": args.steps}
-    summary = guidance_sweep(
-        args.model,
-        args.benchmark,
-        args.w,
-        Path(args.out),
-        args.splits,
-        examples_of,
-        run=not args.collect,
-        **options,
+    return guidance_command(
+        args, lambda split: _examples(argparse.Namespace(**{**vars(args), "split": split}))
     )
-    print((Path(args.out) / "guidance.md").read_text())
-    print(f"default w (held-out): {summary['chosen_on_heldout']}")
-    return 0
 
 
 def _nl2bash_subset(args: argparse.Namespace) -> Nl2BashSubset:

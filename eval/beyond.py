@@ -7,18 +7,7 @@
 - :func:`guidance_sweep` (``python -m eval guidance``): ``eval run`` once per guidance scale on
   the held-out share and on the test split; the default scale is chosen on held-out only.
 
-Corruptions (one per item and kind, seeded by the item's index, never equal to the gold):
-
-``paren``
-    one parenthesis dropped (CF and Bash; a Bash item without one is not applicable);
-``name``
-    CF: one function name replaced by another of its family (comparisons, text tests, unary
-    tests, visual rules, top/bottom, AND/OR); Bash: one utility at a command position
-    replaced by another common utility;
-``number``
-    CF: one number changed (n -> n + 1, n - 1 or 10 n); Bash: one number changed the same way
-    or one flag replaced (a ``find`` predicate by another, a short option letter by another),
-    whichever the item has (both: chosen by the seed).
+The corruptions are :mod:`eval.corrupt`'s.
 
 Items whose gold fits no corruption of a kind, whose corrupted code the benchmark's metric
 still accepts (nothing to repair), or whose corrupted code does not fit the model's canvas are
@@ -29,8 +18,6 @@ Generated code is only ever scored by the benchmark's metric (CF: our interprete
 from __future__ import annotations
 
 import json
-import random
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,142 +26,7 @@ from typing import Any
 from codefusion.data import Example
 from codefusion.errors import UserError
 from codefusion.languages import language
-
-KINDS = ("paren", "name", "number")
-
-# --- corruptions -------------------------------------------------------------------------------
-
-_CF_FAMILIES = (
-    ("GreaterThan", "LessThan", "GreaterThanEqual", "LessThanEqual", "Equals", "NotEquals"),
-    ("TextEquals", "TextContains", "TextStartsWith", "TextEndsWith"),
-    ("Blanks", "Errors", "Duplicate", "AboveAverage", "BelowAverage"),
-    ("ColorScale", "DataBar", "IconSet"),
-    ("Top", "Bottom", "TopPercent", "BottomPercent"),
-    ("AND", "OR"),
-)
-_CF_FAMILY_OF = {n.lower(): fam for fam in _CF_FAMILIES for n in fam}
-_CF_ALIASES = {"greaterthanequals": "greaterthanequal", "lessthanequals": "lessthanequal"}
-_CF_ALIASES |= {"duplicates": "duplicate", "startswith": "textstartswith"}
-_CF_ALIASES |= {"endswith": "textendswith"}
-_CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(\s*\()")
-_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])")
-
-BASH_UTILITIES = (
-    "find", "grep", "ls", "cat", "sed", "awk", "sort", "uniq", "xargs", "wc", "head", "tail",
-    "cut", "rm", "cp", "mv", "chmod", "chown", "tar", "du", "echo", "mkdir", "touch", "tr",
-)  # fmt: skip
-_FIND_PREDICATES = (
-    "-name", "-iname", "-type", "-size", "-mtime", "-mmin", "-atime", "-newer", "-user",
-    "-group", "-perm", "-path", "-maxdepth", "-mindepth", "-empty", "-exec", "-print", "-ls",
-    "-delete", "-regex",
-)  # fmt: skip
-_SHORT_FLAG = re.compile(r"^-[a-zA-Z]+$")
-_COMMAND_START = {"|", ";", "&&", "||", "$(", "(", "`", "xargs", "sudo", "exec"}
-
-
-def _changed_number(text: str, rng: random.Random) -> str:
-    value = float(text)
-    options = {value + 1, value * 10} | ({value - 1} if value >= 1 else set())
-    options.discard(value)
-    new = rng.choice(sorted(options))
-    return str(int(new)) if "." not in text else f"{new:g}"
-
-
-def _spans(pattern: re.Pattern, text: str) -> list[re.Match]:
-    return list(pattern.finditer(text))
-
-
-def _drop_paren(code: str, rng: random.Random) -> str | None:
-    """One parenthesis removed (either language), or None when there is none."""
-    where = [i for i, ch in enumerate(code) if ch in "()"]
-    if not where:
-        return None
-    i = rng.choice(where)
-    return code[:i] + code[i + 1 :]
-
-
-def _corrupt_cf(code: str, kind: str, rng: random.Random) -> str | None:
-    if kind == "paren":
-        return _drop_paren(code, rng)
-    if kind == "name":
-        calls = [m for m in _spans(_CALL, code) if _family(m.group(1)) is not None]
-        if not calls:
-            return None
-        m = rng.choice(calls)
-        name = m.group(1)
-        own = _CF_ALIASES.get(name.lower(), name.lower())
-        other = rng.choice([n for n in _family(name) if n.lower() != own])
-        if name[0].islower():  # the gold's spelling style (e.g. `top`, `aboveAverage`)
-            other = other[0].lower() + other[1:]
-        return code[: m.start(1)] + other + code[m.end(1) :]
-    if kind == "number":
-        nums = _spans(_NUMBER, code)
-        if not nums:
-            return None
-        m = rng.choice(nums)
-        return code[: m.start()] + _changed_number(m.group(), rng) + code[m.end() :]
-    raise ValueError(f"unknown corruption {kind!r}")
-
-
-def _family(name: str) -> tuple[str, ...] | None:
-    return _CF_FAMILY_OF.get(_CF_ALIASES.get(name.lower(), name.lower()))
-
-
-_BASH_WORD = re.compile(r"\$\(|`|\|\||&&|[|;()]|[^\s|;()`]+")
-
-
-def _corrupt_bash(code: str, kind: str, rng: random.Random) -> str | None:
-    if kind == "paren":
-        return _drop_paren(code, rng)
-    words = list(_BASH_WORD.finditer(code))
-    if kind == "name":
-        at = [
-            m
-            for j, m in enumerate(words)
-            if m.group() in BASH_UTILITIES and (j == 0 or words[j - 1].group() in _COMMAND_START)
-        ]
-        if not at:
-            return None
-        m = rng.choice(at)
-        other = rng.choice([u for u in BASH_UTILITIES if u != m.group()])
-        return code[: m.start()] + other + code[m.end() :]
-    if kind == "number":
-        choices: list[tuple[int, int, str]] = []  # (start, end, replacement)
-        for m in words:
-            w = m.group()
-            if w in _FIND_PREDICATES:
-                new = rng.choice([p for p in _FIND_PREDICATES if p != w])
-                choices.append((m.start(), m.end(), new))
-            elif _SHORT_FLAG.match(w) and len(w) <= 4:
-                i = rng.randrange(1, len(w))
-                letters = [c for c in "abcdefhilnrstuvx" if c not in w]
-                choices.append((m.start(), m.end(), w[:i] + rng.choice(letters) + w[i + 1 :]))
-            else:
-                for n in _NUMBER.finditer(w):
-                    new = _changed_number(n.group(), rng)
-                    choices.append((m.start() + n.start(), m.start() + n.end(), new))
-        if not choices:
-            return None
-        a, b, new = rng.choice(choices)
-        return code[:a] + new + code[b:]
-    raise ValueError(f"unknown corruption {kind!r}")
-
-
-def corrupt(code: str, kind: str, benchmark: str, seed: int) -> str | None:
-    """``code`` corrupted in one way of ``kind`` (see the module doc), the same for the same
-    seed; None where the code has nothing to corrupt that way. Never returns ``code``."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown corruption {kind!r}: one of {', '.join(KINDS)}")
-    fn = {"cf": _corrupt_cf, "bash": _corrupt_bash}.get(benchmark)
-    if fn is None:
-        raise ValueError(f"no corruptions for the {benchmark} benchmark (cf or bash)")
-    rng = random.Random(f"{benchmark}/{kind}/{seed}")
-    for _ in range(8):  # another draw when a change happens to give the same text
-        out = fn(code, kind, rng)
-        if out is None or out != code:
-            return out
-    return None
-
+from eval.corrupt import KINDS, corrupt
 
 # --- the repair table --------------------------------------------------------------------------
 
@@ -523,3 +375,64 @@ def check_strengths(strengths: Sequence[float]) -> None:
     for s in strengths:
         if not 0 < s <= 1:
             raise UserError(f"strength must lie in (0, 1], got {s}")
+
+
+# --- the commands (python -m eval repair / guidance) ---------------------------------------
+
+
+def repair_command(args, examples: list) -> int:
+    """``python -m eval repair``: the repair table of ``--model`` on ``examples``."""
+    import random
+    import warnings
+
+    from codefusion.auto import load_generator
+    from codefusion.pipeline import CodeFusion
+
+    check_strengths(args.strength)
+    from codefusion.generator import resolve_device
+
+    device = resolve_device(args.device)
+    gen = load_generator(args.model, device=device)
+    if not isinstance(gen, CodeFusion):
+        raise UserError("repair edits with a diffusion model, not the autoregressive baseline")
+    indices = list(range(len(examples)))
+    if args.sample is not None and args.sample < len(examples):
+        indices = sorted(random.Random(args.seed).sample(indices, args.sample))
+    options = {k: v for k, v in {"steps": args.steps, "guidance": args.guidance}.items() if v}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = repair_eval(
+            gen,
+            [examples[i] for i in indices],
+            args.benchmark,
+            args.strength,
+            Path(args.out),
+            kinds=args.kinds,
+            k=args.k,
+            num_draws=args.draws,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            indices=indices,
+            **options,
+        )
+    print((Path(args.out) / "table.md").read_text())
+    print(f"{m['generation_seconds']:.0f} s -> {args.out}")
+    return 0
+
+
+def guidance_command(args, examples_of) -> int:
+    """``python -m eval guidance``: the guidance sweep of ``--model``; ``examples_of(split)``."""
+    options = {"k": args.k, "seed": args.seed, "num_draws": args.draws, "steps": args.steps}
+    summary = guidance_sweep(
+        args.model,
+        args.benchmark,
+        args.w,
+        Path(args.out),
+        args.splits,
+        examples_of,
+        run=not args.collect,
+        **options,
+    )
+    print((Path(args.out) / "guidance.md").read_text())
+    print(f"default w (held-out): {summary['chosen_on_heldout']}")
+    return 0

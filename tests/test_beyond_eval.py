@@ -12,7 +12,8 @@ import pytest
 from codefusion.cfrules import is_valid
 from codefusion.data import Example, load_benchmark
 from codefusion.pipeline import Candidate
-from eval.beyond import KINDS, _family, corrupt, guidance_sweep, repair_eval, repair_table
+from eval.beyond import guidance_sweep, repair_eval, repair_table
+from eval.corrupt import KINDS, _family, corrupt
 
 CF_GOLD = ["Between(15,85)", "OR(LessThan(0), Blanks())", "top(c[2], 3)", "Duplicate()"]
 BASH_GOLD = [

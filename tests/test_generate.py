@@ -99,13 +99,15 @@ def test_long_prompt_is_truncated_with_a_warning(tiny_model):
         tiny_model.generate("greater " * 500, k=1, num_draws=1, steps=2)
 
 
-def test_other_scripts_and_control_characters_are_fine(tiny_model):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+def test_other_scripts_are_fine_and_control_characters_are_removed_with_a_warning(tiny_model):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         out = tiny_model.generate(
             ["値が5より大きい", "\x00\x07tab\there", "🙂 emoji"], k=1, num_draws=1, steps=2
         )
     assert len(out) == 3
+    messages = [str(w.message) for w in caught]
+    assert messages == ["prompt 1: 2 control character(s) removed"], messages
 
 
 @pytest.fixture()

@@ -130,10 +130,13 @@ def test_compile_model_compiles_what_training_calls_and_keeps_weight_names(tiny_
 
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = build_model(preset("tiny", code_len=16), tiny_tokenizer)
+    # More layers than the tiny preset, so that sharing compiled code between layers shows.
+    cfg = preset("tiny", code_len=16, encoder_layers=3, denoiser_layers=4, decoder_layers=2)
+    model = build_model(cfg, tiny_tokenizer)
     names = list(model.state_dict())
     parts = compile_model(model, backend="eager")
-    assert parts == [model.encoder, model.denoiser, model.decoder]
+    blocks = [*model.encoder.encoder.block, *model.denoiser.blocks, *model.decoder.blocks]
+    assert parts == blocks  # every transformer block of E, N and D (regional compilation)
     assert list(model.state_dict()) == names  # no _orig_mod. prefix: exports load strictly
     from torch._dynamo.utils import counters
 
@@ -141,7 +144,9 @@ def test_compile_model_compiles_what_training_calls_and_keeps_weight_names(tiny_
     obj = CodeFusionObjective(CodeFusion(model, tiny_tokenizer).schedule)
     obj(model.train(), _batch(tiny_tokenizer))["loss"].backward()
     counts = dict(counters["stats"])
-    assert counts["unique_graphs"] >= 3, counts  # E, N and D each traced
+    # Each kind of block traced (E's T5 blocks, N's conditioned ones, D's plain ones), not
+    # each layer: the layers of a stack share their compiled code (9 blocks, about 5 graphs).
+    assert 3 <= counts["unique_graphs"] <= 6, counts
 
 
 def test_compiled_two_stage_run_exports_and_reloads(fixture_data, tmp_path):

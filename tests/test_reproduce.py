@@ -193,9 +193,9 @@ def test_a_budgeted_run_ends_inside_its_budget(tmp_path, monkeypatch):
 
 
 def test_a_budgeted_run_writes_complete_files(tmp_path, monkeypatch):
-    """The whole command at a 25-second budget on the fixture CF set: both stages, the
+    """The whole command at a 20-second budget on the fixture CF set: both stages, the
     evaluation of the test items at a stated step count, four compact files."""
-    seconds = 25.0
+    seconds = 20.0
     out, _ = _budgeted_run(tmp_path, monkeypatch, seconds)
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
     run = json.loads((out / "run.json").read_text())
@@ -253,7 +253,12 @@ def test_smoke_mode_runs_on_cpu(tmp_path, monkeypatch):
         "pipeline_codefusion": "ok",
         "pipeline_t5-baseline": "ok",
     }
-    assert report["checks"]["training"]["graphs_after_warmup"] == {"pretrain": 0, "finetune": 0}
+    for key in ("torch", "triton", "lightning", "transformers", "cuda", "device"):
+        assert key in report["checks"]["versions"]
+    training = report["checks"]["training"]
+    assert training["precision"] == "bf16-mixed" and training["finetune_moved_weights"]
+    assert training["graphs_after_warmup"] == {"pretrain": 0, "finetune": 0}
+    assert training["generated"]
     for arch in ("codefusion", "t5-baseline"):
         run = report["checks"][f"pipeline_{arch}"]
         assert all(s["steps"] == SMOKE_STEPS for s in run["stages"].values())
@@ -311,7 +316,7 @@ def test_a_plan_killed_midway_keeps_every_finished_part(tmp_path):
     data = write_fixture_data(tmp_path / "data")
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        _plan_cmd(tmp_path, data, out, 1.2), cwd=tmp_path, stdout=subprocess.PIPE,
+        _plan_cmd(tmp_path, data, out, 1.1), cwd=tmp_path, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True, start_new_session=True,
     )  # fmt: skip
     try:

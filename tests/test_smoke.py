@@ -18,35 +18,6 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "bench" / "smoke.py"
 
 
-def test_smoke_runs_on_cpu_and_skips_the_cuda_checks(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("CODEFUSION_DATA", None)  # no data: the data and pipeline checks are skipped
-    r = subprocess.run(
-        [sys.executable, str(SMOKE), "--out", str(tmp_path), "--device", "cpu"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    report = json.loads((tmp_path / "smoke.json").read_text())
-    status = {k: v["status"] for k, v in report["checks"].items()}
-    assert status == {
-        "versions": "ok",
-        "kernels": "skipped",
-        "sampling": "skipped",
-        "training": "ok",
-        "data": "skipped",
-        "pipeline_codefusion": "skipped",
-        "pipeline_t5-baseline": "skipped",
-    }
-    assert report["ok"] and report["device"] == "cpu"
-    for key in ("torch", "triton", "lightning", "transformers", "cuda", "device"):
-        assert key in report["checks"]["versions"]
-    training = report["checks"]["training"]
-    assert training["precision"] == "bf16-mixed" and training["finetune_moved_weights"]
-    assert training["graphs_after_warmup"] == {"pretrain": 0, "finetune": 0}
-    assert training["generated"]
-    assert [p.name for p in tmp_path.iterdir()] == ["smoke.json"]  # work files cleaned up
-
-
 def test_a_smoke_killed_midway_keeps_the_checks_that_ended(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, str(SMOKE), "--out", str(tmp_path), "--device", "cpu"],

@@ -94,7 +94,7 @@ def test_train_cli_reports_bad_config(tmp_path, capsys):
 class _Vocab:
     """The little of a tokenizer that building a model reads."""
 
-    pad_id, eos_id = 0, 1
+    pad_id, eos_id, mask_id = 0, 1, 2
 
     def __len__(self) -> int:
         return 1000

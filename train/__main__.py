@@ -10,6 +10,7 @@ from codefusion.errors import UserError
 from codefusion.options import Parser
 
 BASELINE = "t5-baseline"  # the architecture --baseline selects (codefusion/auto.py)
+MASKED = "masked"  # and --masked
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -28,7 +29,8 @@ class _StderrHandler(logging.StreamHandler):
 def main(argv: list[str] | None = None) -> int:
     p = Parser(
         prog="python -m train",
-        description="Train CodeFusion (or, with --baseline, the autoregressive baseline): stage 1 "
+        description="Train CodeFusion (or, with --baseline, the autoregressive baseline; with "
+        "--masked, the masked diffusion model): stage 1 "
         "pre-training on code snippets (unconditional + code CPD), then stage 2 fine-tuning on "
         "(prompt, code) pairs starting from stage 1. Each stage exports a model directory; "
         "<out_dir>/<name>/model is the final one. A killed run resumes where it stopped. "
@@ -54,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="train the autoregressive baseline of the config instead (model.architecture="
         f"{BASELINE}, same sizes and protocol); the run is named <name>-ar unless --set name=...",
+    )
+    p.add_argument(
+        "--masked",
+        action="store_true",
+        help=f"train the masked diffusion model of the config instead (model.architecture="
+        f"{MASKED}, CodeFusion's sizes, same protocol); the run is named <name>-masked",
     )
     p.add_argument("--data", help="benchmark data folder (default: $CODEFUSION_DATA)")
     p.add_argument(
@@ -89,17 +97,21 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning vs new torch, harmless
     warnings.filterwarnings("ignore", message=".*litlogger.*")
 
-    from train.config import load_run_config
+    from train.config import RunConfigError, load_run_config
     from train.module import NonFiniteLossError
     from train.run import STAGES, run
 
     try:
         overrides = list(args.overrides)
-        if args.baseline:
-            overrides.insert(0, f"model.architecture={BASELINE}")
+        if args.baseline and args.masked:
+            raise RunConfigError("--baseline and --masked name two architectures: pick one")
+        arch, suffix = (BASELINE, "-ar") if args.baseline else (MASKED, "-masked")
+        if args.baseline or args.masked:
+            overrides.insert(0, f"model.architecture={arch}")
         cfg = load_run_config(args.config, overrides)
-        if args.baseline and not any(o.split("=")[0].strip() == "name" for o in args.overrides):
-            cfg.name += "-ar"
+        named = any(o.split("=")[0].strip() == "name" for o in args.overrides)
+        if (args.baseline or args.masked) and not named:
+            cfg.name += suffix
         if args.data:
             cfg.data_dir = args.data
         stages = STAGES if args.stage == "all" else (args.stage,)

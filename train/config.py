@@ -280,6 +280,10 @@ def check_model_section(model: dict[str, Any]) -> None:
             from codefusion.baseline import baseline_config
 
             baseline_config(name, **overrides)
+        elif arch == "masked":
+            from codefusion.masked import masked_preset
+
+            masked_preset(name, **overrides)
         else:
             from codefusion.config import preset
 

@@ -17,6 +17,10 @@ no parameters.
   target: the snippet); in fine-tuning, (prompt, code) pairs. The ``Batch``'s ``code_ids``
   (tokens, ``</s>``, pad...) become the labels, with everything after the first end token set
   to -100. The diffusion objective's stage settings do not apply to it.
+- ``masked``: :class:`MaskedObjective`, masked diffusion's continuous-time loss
+  (codefusion/absorbing.py) on the same rows as CodeFusion's: the prompt clean, the canvas
+  (code, end token, pads) masked at a time t drawn per row. Unconditional pre-training rows have
+  the empty prompt, as for the baseline.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from codefusion.absorbing import mask_canvas, masked_loss, sample_times
 from codefusion.batch import Batch
 from codefusion.diffusion import CodeFusionObjective
 from codefusion.schedule import SqrtSchedule
@@ -58,6 +63,21 @@ class Seq2SeqObjective(nn.Module):
         return {"loss": out.loss, "token_acc": acc}
 
 
+class MaskedObjective(nn.Module):
+    """Masked diffusion's loss on a ``Batch``: ``{"loss", "token_acc"}``."""
+
+    def __init__(self, mask_id: int) -> None:
+        super().__init__()
+        self.mask_id = mask_id
+
+    def forward(self, model, batch: Batch) -> dict[str, torch.Tensor]:
+        x = batch.code_ids
+        t = sample_times(x.shape[0], None, x.device)
+        z, masked = mask_canvas(x, t, self.mask_id)
+        logits = model(batch.prompt_ids, batch.prompt_mask, z)
+        return masked_loss(logits, x, masked, t, self.mask_id)
+
+
 # The stage settings the diffusion objective takes, by name.
 DIFFUSION_KEYS = ("pad_weight", "noise_weighting", "decoder_input", "self_cond_prob", "min_t")
 
@@ -71,9 +91,14 @@ def seq2seq_objective(model, st: StageConfig) -> Seq2SeqObjective:
     return Seq2SeqObjective(model.config.pad_token_id, model.config.eos_token_id)
 
 
+def masked_objective(model, st: StageConfig) -> MaskedObjective:
+    return MaskedObjective(model.config.mask_id)
+
+
 OBJECTIVES: dict[str, Callable[[Any, StageConfig], nn.Module]] = {
     "codefusion": diffusion_objective,
     "t5-baseline": seq2seq_objective,
+    "masked": masked_objective,
 }
 
 
@@ -89,6 +114,7 @@ Diagnostics = Callable[[Any, nn.Module, Batch, torch.Generator], dict[str, float
 DIAGNOSTICS: dict[str, Diagnostics | None] = {
     "codefusion": _codefusion_diagnostics,
     "t5-baseline": None,
+    "masked": None,
 }
 
 

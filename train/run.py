@@ -87,27 +87,26 @@ def ensure_tokenizer(cfg: RunConfig) -> CodeTokenizer:
 
 
 def compile_model(model: torch.nn.Module, backend: str = "inductor") -> list[torch.nn.Module]:
-    """``torch.compile`` the modules whose ``forward`` training calls, in place.
+    """``torch.compile`` every transformer block of ``model`` in place (regional compilation);
+    returns the compiled blocks.
 
-    Compiling the CodeFusion model object compiled nothing (the objective calls ``encode``,
-    ``denoise`` and ``decode``, not ``forward``) and wrapped it, which prefixed every weight
-    name with ``_orig_mod.``: the strict loader then refused the pre-training export. Here E, N
-    and D are compiled (``nn.Module.compile``: the module stays itself, weight names are
-    unchanged); the baseline's objective calls the T5 model itself. Returns the compiled
-    modules."""
-    from codefusion.model import CodeFusionModel
+    Blocks, not whole modules: the blocks of a stack share their code, so dynamo compiles each
+    kind once and reuses it for every layer (nn modules are inlined, their weights are inputs),
+    where compiling E, N and D whole traced every layer. The smoke's compiled two-stage training
+    check took 143 s instead of 352 s with inductor on the 2-core CPU, still with no graph
+    compiled after the warm-up. The few ops between blocks stay eager. ``nn.Module.compile``
+    keeps each module itself: weight names are unchanged, so exports load strictly."""
+    from transformers.models.t5.modeling_t5 import T5Block
 
-    parts = (
-        [model.encoder, model.denoiser, model.decoder]
-        if isinstance(model, CodeFusionModel)
-        else [model]
-    )
+    from codefusion.model import Block
+
     # A new stage's modules are new objects: the previous stage's compiled entries would only
-    # count toward dynamo's recompile limit (8 per function) and push later ones to eager.
+    # count toward dynamo's recompile limit and push later ones to eager.
     torch._dynamo.reset()
-    for part in parts:
-        part.compile(backend=backend)
-    return parts
+    blocks = [m for m in model.modules() if isinstance(m, Block | T5Block)]
+    for block in blocks:
+        block.compile(backend=backend)
+    return blocks
 
 
 def build_generator(cfg: RunConfig, tok: CodeTokenizer) -> Generator:

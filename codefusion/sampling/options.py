@@ -20,7 +20,10 @@ class SamplingOptions:
     (an unknown name is a ``GenerationError``) and :func:`codefusion.sampling.sample` takes it."""
 
     steps: int | None = option(
-        None, "denoising steps; fewer than T are respaced evenly (DDIM); default all T", type=int
+        None,
+        "denoising steps; fewer than T are respaced evenly (DDIM); default all T (the masked "
+        "model: unmasking steps, default one per canvas position)",
+        type=int,
     )
     eta: float = option(0.0, "DDIM eta: 0 deterministic given the noise, 1 ancestral", type=float)
     clamp: bool = option(
