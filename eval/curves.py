@@ -28,7 +28,7 @@ def steps_curve(
     """Generation diagnostics at each number of sampling steps; ``curve.json`` + ``curve.png``."""
     from tqdm import tqdm
 
-    from eval.diagnose import generation_diagnostics
+    from codefusion.scoring.evaluate import generation_diagnostics
 
     rows = []
     for s in tqdm(list(steps), desc="steps", unit="setting"):
@@ -43,7 +43,7 @@ def steps_curve(
             "top-5": ([r["steps"] for r in rows], [r["top5"] for r in rows]),
             "valid top-1": ([r["steps"] for r in rows], [r["valid_top1"] for r in rows]),
         },
-        xlabel="sampling steps (DDIM, respaced; T = 1200)",
+        xlabel="sampling steps (CodeFusion: DDIM respaced from T = 1200; masked: unmasking steps)",
         ylabel="%",
         logx=True,
         title=f"{lang}: quality vs sampling steps ({len(examples)} items)",

@@ -56,6 +56,17 @@ def test_generation_diagnostics_and_length_accuracy(tiny_model):
     assert acc["length_acc_top1"] == 50.0
 
 
+def test_steps_curve_writes_one_row_per_step_count(tiny_model, tmp_path):
+    """`python -m eval steps-curve` imported its diagnostics from a module that had moved."""
+    from eval.curves import steps_curve
+
+    exs = [Example(i, p, c) for i, (p, c) in enumerate(zip(CF_PROMPTS, CF_CODES, strict=True))]
+    rows = steps_curve(tiny_model, exs[:2], "cf", [1, 2], tmp_path / "c", k=2, num_draws=2)
+    assert [r["steps"] for r in rows] == [1, 2]
+    assert json.loads((tmp_path / "c" / "curve.json").read_text()) == rows
+    assert (tmp_path / "c" / "curve.png").is_file()
+
+
 def test_ablation_rows_inherit_the_previous_row(tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text(
