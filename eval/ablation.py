@@ -141,6 +141,8 @@ def run_plan(
                 continue
             cmd = [sys.executable, "-m", "eval", "run", "--model", str(model)]
             cmd += ["--benchmark", bench, "--split", split, "--out", str(dest)]
+            if split == "heldout":
+                cmd += _holdout_args(plan["base"], row["set"])
             cmd += ["--system", row["label"]]
             cmd += _eval_args({**ev, **row["generate"]})
             if data:
@@ -149,6 +151,16 @@ def run_plan(
     table = ablation_table(out, rows)
     (out / "ablation.md").write_text(table)
     return out / "ablation.md"
+
+
+def _holdout_args(base: str, overrides: list[str]) -> list[str]:
+    """The held-out share a row's training kept out: its seed and fraction, so that a row with
+    another training seed is scored on its own held-out programs, never on ones it trained on."""
+    from train.config import load_run_config
+
+    cfg = load_run_config(base, list(overrides))
+    fraction = cfg.finetune.val_fraction
+    return ["--holdout-seed", str(cfg.seed), "--holdout-fraction", str(fraction)]
 
 
 def _call(cmd: list[str]) -> None:

@@ -67,6 +67,33 @@ def test_steps_curve_writes_one_row_per_step_count(tiny_model, tmp_path):
     assert (tmp_path / "c" / "curve.png").is_file()
 
 
+def test_an_ablation_row_is_scored_on_its_own_held_out_share(tmp_path, monkeypatch):
+    """A row trained with another seed holds out other programs: its held-out evaluation must
+    use that seed (with seed 0's share it was scored on rows it had trained on)."""
+    from eval import ablation
+
+    (tmp_path / "base.yaml").write_text(
+        "name: b\nlanguage: cf\nseed: 0\nmodel: {preset: tiny}\nfinetune: {val_fraction: 0.2}\n"
+    )
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"base: {tmp_path / 'base.yaml'}\nbenchmark: cf\nrows:\n"
+        "  - {name: a, label: a}\n  - {name: b, label: b, set: [seed=3]}\n"
+    )
+    calls = []
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):
+        (tmp_path / "runs" / f"ablation-{name}" / "model").mkdir(parents=True)
+    monkeypatch.setattr(ablation, "_call", lambda cmd: calls.append(cmd))
+    monkeypatch.setattr(ablation, "ablation_table", lambda out, rows: "")
+    ablation.run_plan(plan, tmp_path / "out")
+    held = [c for c in calls if "heldout" in c]
+    seeds = [c[c.index("--holdout-seed") + 1] for c in held]
+    fractions = {c[c.index("--holdout-fraction") + 1] for c in held}
+    assert seeds == ["0", "3"] and fractions == {"0.2"}
+    assert not any("--holdout-seed" in c for c in calls if "test" in c)
+
+
 def test_ablation_rows_inherit_the_previous_row(tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text(
