@@ -47,6 +47,7 @@ if str(REPO) not in sys.path:  # runnable from a checkout without installing
 
 from bench.budget import Budget, BudgetError, parse_split  # noqa: E402
 from bench.budgeted import BASELINE, MASKED, MIN_BUDGET_S  # noqa: E402
+from bench.smoke import write_json  # noqa: E402
 from codefusion.errors import UserError  # noqa: E402
 
 SIZES = ("paper", "small", "tiny")  # CodeFusion presets; "ar-<size>": the baseline of that size
@@ -181,7 +182,7 @@ def plan(args: argparse.Namespace, start: float) -> dict[str, Any]:
     def record(name: str, entry: dict[str, Any]) -> None:
         report["parts"][name] = entry
         report["elapsed_s"] = round(time.monotonic() - start, 2)
-        (args.out / "plan.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.out / "plan.json", report)  # whole: a kill never leaves half a file
         print(f"plan: {name:8s} {entry['status']:8s} {entry.get('seconds', 0):7.1f} s  "
               f"{entry.get('why', '')}", flush=True)  # fmt: skip
 

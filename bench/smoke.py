@@ -174,7 +174,7 @@ CHECKS: dict[str, Callable[[torch.device, Path, argparse.Namespace], dict[str, A
 }
 
 
-def _write(path: Path, report: dict[str, Any]) -> None:
+def write_json(path: Path, report: dict[str, Any]) -> None:
     """Replace ``path`` whole (a reader never sees half a file)."""
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -216,7 +216,7 @@ def run_smoke(opts: argparse.Namespace) -> dict[str, Any]:
                 entry["seconds"] = round(time.monotonic() - t0, 2)
                 report["checks"][name] = entry
                 report["seconds"] = round(time.monotonic() - start, 2)
-                _write(path, report)
+                write_json(path, report)
                 why = entry.get("error") or entry.get("reason") or ""
                 print(f"smoke: {name:22s} {entry['status']:8s} {entry['seconds']:7.2f} s  {why}")
                 sys.stdout.flush()
@@ -228,7 +228,7 @@ def run_smoke(opts: argparse.Namespace) -> dict[str, Any]:
                 os.environ[key] = value
     report["failed"] = [n for n, c in report["checks"].items() if c["status"] == "failed"]
     report["ok"] = not report["failed"]
-    _write(path, report)
+    write_json(path, report)
     return report
 
 
