@@ -1,4 +1,4 @@
-"""Miniature data in the released layout, written by the tests and the smoke check
+"""Miniature data in the benchmarks' published folder layout, written by the tests and the smoke check
 (bench/smoke.py) alike: plain Python (json), no pytest, no real data."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ CF_PROMPTS = [
 
 
 def write_fixture_data(root: Path, n_repeat: int = 4) -> Path:
-    """A miniature data folder in the released layout (CF benchmark + CF/Bash snippets)."""
+    """A miniature data folder in the published folder layout (CF benchmark + CF/Bash snippets)."""
     (root / "benchmarks").mkdir(parents=True, exist_ok=True)
     (root / "pretraining").mkdir(parents=True, exist_ok=True)
     table = [["Index", "Value"], [0, "3"], [1, "7"], [2, "abc"], [3, ""], [4, "12"]]
