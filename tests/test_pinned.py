@@ -5,6 +5,10 @@ them as they are. A change that means to alter them (a new default, a new recipe
 the file on purpose and says why in its commit:
 
     CODEFUSION_UPDATE_PINS=1 python -m pytest tests/test_pinned.py
+
+The pins hold the versions of torch, transformers and tokenizers they were made with: another
+version may initialise or round differently (transformers' T5 did between releases), so under
+other versions the test skips and says so instead of failing on a difference nobody made.
 """
 
 from __future__ import annotations
@@ -24,11 +28,28 @@ PINS = Path(__file__).parent / "pinned" / "tiny-run.json"
 PROMPTS = ["cells greater than 5", "blank cells", "top 3 sales"]
 
 
-def _digest(model) -> dict[str, list[float]]:
+def _versions() -> dict[str, str]:
+    import tokenizers
+    import torch
+    import transformers
+
     return {
-        k: [round(float(v.double().sum()), 6), round(float(v.double().abs().sum()), 6)]
-        for k, v in model.state_dict().items()
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
     }
+
+
+def _digest(model) -> dict[str, list[float]]:
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("kv_proj.bias"):
+            # Only V's half: attention is invariant to K's bias (it adds q.b to every key's
+            # score alike), so its gradient is rounding noise that Adam scales up to full steps,
+            # and its value differs between CPUs of the same build.
+            v = v[v.numel() // 2 :]
+        out[k] = [round(float(v.double().sum()), 6), round(float(v.double().abs().sum()), 6)]
+    return out
 
 
 def _codes(results) -> list:
@@ -88,10 +109,13 @@ finetune: {{max_steps: 40, batch_size: 8, val_every: 20, ckpt_every: 20, warmup_
 
 @pytest.mark.parametrize("arch", ["codefusion", "baseline"])
 def test_a_fixed_tiny_run_gives_the_pinned_weights_and_outputs(arch, tmp_path):
-    got = _run(tmp_path, baseline=arch == "baseline")
     pins = json.loads(PINS.read_text()) if PINS.is_file() else {}
-    if os.environ.get("CODEFUSION_UPDATE_PINS") == "1":
-        pins[arch] = got
+    update = os.environ.get("CODEFUSION_UPDATE_PINS") == "1"
+    if not update and pins.get("versions") != _versions():
+        pytest.skip(f"pins made with {pins.get('versions')}; here {_versions()}")
+    got = _run(tmp_path, baseline=arch == "baseline")
+    if update:
+        pins[arch], pins["versions"] = got, _versions()
         PINS.write_text(json.dumps(pins, indent=1) + "\n")
         pytest.skip("pins rewritten")
     want = pins[arch]
@@ -100,5 +124,7 @@ def test_a_fixed_tiny_run_gives_the_pinned_weights_and_outputs(arch, tmp_path):
         gs, ga = got["weights"][name]
         assert gs == pytest.approx(s, rel=1e-4, abs=1e-4) and ga == pytest.approx(a, rel=1e-4), name
     for key in want:
-        if key != "weights":
+        if key == "draw_scores":  # rounded to 5 digits: a last-digit tie may round either way
+            assert got[key] == pytest.approx(want[key], abs=2e-5), key
+        elif key != "weights":
             assert got[key] == want[key], key
