@@ -29,18 +29,19 @@ _REMOVED_OPTIONS = {"tie_embeddings": False, "length_head": False, "schedule_off
 PREDICTIONS = ("x0", "eps", "tokens")
 _SIZES = ("vocab_size", "encoder_dim", "encoder_layers", "encoder_heads", "encoder_ff")
 _SIZES += ("max_prompt_len", "hidden_dim", "heads", "ff_mult", "denoiser_layers")
-_SIZES += ("decoder_layers", "latent_dim", "code_len", "diffusion_steps")
-MODEL_RANGES = {name: at_least(1) for name in _SIZES} | {
+_SIZES += ("decoder_layers", "latent_dim", "code_len")
+SIZE_RANGES = {name: at_least(1) for name in _SIZES} | {
     "pad_id": at_least(0),
     "eos_id": at_least(0),
     "dropout": unit(high_inclusive=False),
-    "embedding_init_std": above(0),
 }
+MODEL_RANGES = SIZE_RANGES | {"diffusion_steps": at_least(1), "embedding_init_std": above(0)}
 
 
 @dataclass
-class CodeFusionConfig:
-    """Sizes of E, N, D, H, L and of the diffusion process."""
+class StackSizes:
+    """Sizes of E, N, D, H and L: CodeFusion's, and those of the masked model built on the same
+    stack (codefusion/masked.py), so that the two are compared at equal size."""
 
     # Vocabulary (set from the tokenizer when a model is built for it).
     vocab_size: int = 16384
@@ -64,6 +65,36 @@ class CodeFusionConfig:
     latent_dim: int = 128
     code_len: int = 128
     dropout: float = 0.1
+
+    def check_sizes(self, ranges: dict, choices: dict | None = None) -> None:
+        check_fields(self, "", ConfigError, ranges, choices or {})
+        if self.hidden_dim % self.heads:
+            raise ConfigError(
+                f"hidden_dim {self.hidden_dim} is not divisible by heads {self.heads}"
+            )
+        if self.encoder is None and self.encoder_dim % self.encoder_heads:
+            raise ConfigError("encoder_dim must be divisible by encoder_heads")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_known(cls, d: dict[str, Any], what: str = "model config"):
+        """``cls(**d)``, with a one-line error for a key ``cls`` does not have."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown {what} keys: {', '.join(unknown)}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(str(e)) from None
+
+
+@dataclass
+class CodeFusionConfig(StackSizes):
+    """Sizes of E, N, D, H, L (StackSizes) and of the diffusion process."""
+
     # L's rows start at N(0, embedding_init_std^2); None: 1/sqrt(Dz). L(y) is normalised to
     # norm sqrt(Dz) either way, so this only sets how fast AdamW turns the rows: at std 1 a step
     # of size lr turns a row by about lr / sqrt(Dz) radians and L stays close to a random
@@ -82,16 +113,7 @@ class CodeFusionConfig:
     prediction: str = "x0"
 
     def __post_init__(self) -> None:
-        check_fields(self, "", ConfigError, MODEL_RANGES, {"prediction": PREDICTIONS})
-        if self.hidden_dim % self.heads:
-            raise ConfigError(
-                f"hidden_dim {self.hidden_dim} is not divisible by heads {self.heads}"
-            )
-        if self.encoder is None and self.encoder_dim % self.encoder_heads:
-            raise ConfigError("encoder_dim must be divisible by encoder_heads")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        self.check_sizes(MODEL_RANGES, {"prediction": PREDICTIONS})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CodeFusionConfig:
@@ -102,14 +124,7 @@ class CodeFusionConfig:
                     f"{key} is an option of a rejected ablation row, removed from this version "
                     "(results/ablation-cf/README.md names the commit that has it)"
                 )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config keys: {', '.join(unknown)}")
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ConfigError(str(e)) from None
+        return cls.from_known(d)
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -165,6 +180,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def preset(name: str, **overrides: Any) -> CodeFusionConfig:
     """A preset config with overrides (e.g. the tokenizer's vocabulary size)."""
+    return CodeFusionConfig.from_dict(preset_sizes(name) | overrides)
+
+
+def preset_sizes(name: str) -> dict[str, Any]:
+    """The preset's stack sizes (StackSizes fields), for any model built on the stack."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
-    return CodeFusionConfig.from_dict({**PRESETS[name], **overrides})
+    return dict(PRESETS[name])

@@ -19,7 +19,6 @@ log-probability (each token's at the step it was unmasked, the end token include
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,10 +26,10 @@ import torch
 from torch import nn
 
 from codefusion.absorbing import unmask
-from codefusion.config import PRESETS, ConfigError
+from codefusion.config import SIZE_RANGES, StackSizes, preset_sizes
 from codefusion.decoding import UnmaskingOptions
 from codefusion.errors import GenerationError
-from codefusion.fields import at_least, check_fields, unit
+from codefusion.fields import at_least
 from codefusion.generator import Generator, check_prompts
 from codefusion.infill import Infilling
 from codefusion.model import Stack, attention_mask, encoder_config
@@ -39,66 +38,24 @@ from codefusion.tokenizer import CodeTokenizer, up_to_first_stop
 
 ARCHITECTURE = "masked"
 
-_SIZES = ("vocab_size", "encoder_dim", "encoder_layers", "encoder_heads", "encoder_ff")
-_SIZES += ("max_prompt_len", "hidden_dim", "heads", "ff_mult", "denoiser_layers")
-_SIZES += ("decoder_layers", "latent_dim", "code_len")
-RANGES = {name: at_least(1) for name in _SIZES} | {
-    "pad_id": at_least(0),
-    "eos_id": at_least(0),
-    "mask_id": at_least(0),
-    "dropout": unit(high_inclusive=False),
-}
-
 
 @dataclass
-class MaskedConfig:
-    """Sizes of E, L, N, D and H; the defaults and presets are CodeFusion's (codefusion/config.py)."""
+class MaskedConfig(StackSizes):
+    """CodeFusion's stack sizes (codefusion/config.py: the same presets) and the [MASK] id."""
 
-    vocab_size: int = 16384
-    pad_id: int = 0
-    eos_id: int = 1
     mask_id: int = 3
-    encoder_dim: int = 512
-    encoder_layers: int = 6
-    encoder_heads: int = 8
-    encoder_ff: int = 2048
-    encoder: dict[str, Any] | None = None
-    max_prompt_len: int = 128
-    hidden_dim: int = 384
-    heads: int = 6
-    ff_mult: int = 4
-    denoiser_layers: int = 10
-    decoder_layers: int = 6
-    latent_dim: int = 128
-    code_len: int = 128
-    dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        check_fields(self, "", ConfigError, RANGES)
-        if self.hidden_dim % self.heads:
-            raise ConfigError(
-                f"hidden_dim {self.hidden_dim} is not divisible by heads {self.heads}"
-            )
+        self.check_sizes(SIZE_RANGES | {"mask_id": at_least(0)})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MaskedConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown masked model config keys: {', '.join(unknown)}")
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ConfigError(str(e)) from None
+        return cls.from_known(d, "masked model config")
 
 
 def masked_preset(name: str, **overrides: Any) -> MaskedConfig:
     """The masked model of the sizes of CodeFusion's preset ``name``, with overrides."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
-    known = {f.name for f in dataclasses.fields(MaskedConfig)}
-    sizes = {k: v for k, v in PRESETS[name].items() if k in known}
-    return MaskedConfig.from_dict({**sizes, **overrides})
+    return MaskedConfig.from_dict(preset_sizes(name) | overrides)
 
 
 class MaskedModel(nn.Module):
@@ -194,7 +151,7 @@ class MaskedDiffusion(Infilling, Generator):
         return MaskedConfig.from_dict(d)
 
     def config_to_dict(self) -> dict[str, Any]:
-        return {"architecture": ARCHITECTURE, **dataclasses.asdict(self.config)}
+        return {"architecture": ARCHITECTURE, **self.config.to_dict()}
 
     @classmethod
     def model_from_config(cls, config: MaskedConfig) -> MaskedModel:
