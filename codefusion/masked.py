@@ -32,7 +32,7 @@ from codefusion.errors import GenerationError
 from codefusion.fields import at_least
 from codefusion.generator import Generator, check_prompts
 from codefusion.infill import Infilling
-from codefusion.model import Stack, attention_mask, encoder_config
+from codefusion.model import CopyHead, Prompt, Stack, attention_mask, encoder_config
 from codefusion.sampling.request import Known, SampleOutput
 from codefusion.tokenizer import CodeTokenizer, up_to_first_stop
 
@@ -44,6 +44,9 @@ class MaskedConfig(StackSizes):
     """CodeFusion's stack sizes (codefusion/config.py: the same presets) and the [MASK] id."""
 
     mask_id: int = 3
+    # CodeFusion's pointer over the prompt's tokens (model.CopyHead), mixed into H's
+    # distribution: a literal of the prompt is one pointer away, whatever H has learnt of it.
+    copy: bool = False
 
     def __post_init__(self) -> None:
         self.check_sizes(SIZE_RANGES | {"mask_id": at_least(0)})
@@ -74,6 +77,7 @@ class MaskedModel(nn.Module):
         self.denoiser = Stack(cfg, kv_dim, cfg.denoiser_layers, conditioned=False, in_dim=z)  # N
         self.decoder = Stack(cfg, kv_dim, cfg.decoder_layers, conditioned=False, in_dim=z)  # D
         self.head = nn.Linear(z, cfg.vocab_size)  # H
+        self.copy = CopyHead(z, kv_dim) if cfg.copy else None  # H's pointer into the prompt
 
     @property
     def encoder_dim(self) -> int:
@@ -86,19 +90,31 @@ class MaskedModel(nn.Module):
         """Cross-attention K/V of E's output for N and D: once per prompt."""
         return self.denoiser.cross_kv(enc), self.decoder.cross_kv(enc)
 
-    def logits_from(self, z: torch.Tensor, kv, cross_mask: torch.Tensor | None) -> torch.Tensor:
-        """The network on canvas ``z`` [B, C] given the prompt's K/V: logits [B, C, V]. ``z``
-        may hold several draws per prompt (consecutive rows; see model.Attention)."""
+    def logits_from(
+        self, z: torch.Tensor, kv, cross_mask: torch.Tensor | None, prompt: Prompt | None = None
+    ) -> torch.Tensor:
+        """The network on canvas ``z`` [B, C] given the prompt's K/V: logits [B, C, V] (with the
+        copy head: normalised log-probabilities, which the loss and the sampler read alike).
+        ``z`` may hold several draws per prompt (consecutive rows; see model.Attention)."""
         kv_n, kv_d = kv
         h = self.denoiser.run(self.embedding(z), kv_n, cross_mask)
-        return self.head(self.decoder.run(h, kv_d, cross_mask))
+        h = self.decoder.run(h, kv_d, cross_mask)
+        logits = self.head(h)
+        if self.copy is None:
+            return logits
+        if prompt is None:
+            raise ValueError("a masked model with a copy head needs the prompt's tokens")
+        logits = logits.float()
+        logits[..., self.config.mask_id] = float("-inf")  # as the loss and the sampler do
+        return self.copy.mix(torch.log_softmax(logits, -1), h, prompt)
 
     def forward(
         self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, z: torch.Tensor
     ) -> torch.Tensor:
         """Training: logits [B, C, V] of canvas ``z`` under each row's prompt."""
         enc = self.encode(prompt_ids, prompt_mask)
-        return self.logits_from(z, self.cross_kv(enc), attention_mask(prompt_mask))
+        prompt = Prompt(enc, prompt_mask.bool(), prompt_ids)
+        return self.logits_from(z, self.cross_kv(enc), attention_mask(prompt_mask), prompt)
 
     def parameter_counts(self) -> dict[str, int]:
         parts = {
@@ -108,6 +124,8 @@ class MaskedModel(nn.Module):
             "decoder D": self.decoder,
             "head H": self.head,
         }
+        if self.copy is not None:
+            parts["copy head"] = self.copy
         counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
         counts["total"] = sum(counts.values())
         return counts
@@ -184,6 +202,7 @@ class MaskedDiffusion(Infilling, Generator):
         enc = self.model.encode(ids.to(dev), mask.to(dev))
         kv = self.model.cross_kv(enc)
         cross_mask = None if bool(mask.all()) else attention_mask(mask.to(dev))
+        prompt = Prompt(enc, mask.to(dev).bool(), ids.to(dev))
         rows = ids.shape[0] * num_draws
         z = torch.full((rows, cfg.code_len), cfg.mask_id, dtype=torch.long, device=dev)
         banned = None
@@ -198,7 +217,7 @@ class MaskedDiffusion(Infilling, Generator):
         steps = self.num_steps(options)
         with torch.no_grad():
             tokens, logp, trace, _ = unmask(
-                lambda x: self.model.logits_from(x, kv, cross_mask), z, cfg.mask_id, steps, gen,
+                lambda x: self.model.logits_from(x, kv, cross_mask, prompt), z, cfg.mask_id, steps, gen,
                 options.order, banned, trace_at,
             )  # fmt: skip
         content = up_to_first_stop(tokens, (cfg.eos_id, cfg.pad_id))

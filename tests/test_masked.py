@@ -197,3 +197,36 @@ def test_a_budgeted_run_trains_and_evaluates_the_masked_model(fixture_data, tmp_
     assert all(run["stages"][s]["steps"] >= 1 for s in ("pretrain", "finetune"))
     assert run["eval"]["steps"] in (32, 25, 10) and run["eval"]["items"] >= 1  # <= canvas (32)
     assert json.loads((out / "metrics.json").read_text())["n"] == run["eval"]["items"]
+
+
+def test_the_copy_head_mixes_a_pointer_over_the_prompt_into_h(tiny_tokenizer):
+    """With the copy head the network's output is a distribution; its gate shut, every token's
+    mass comes from the prompt (a pointer can only name prompt tokens); its gate open, it is
+    H's softmax. Sampling reads it like logits, so a pointer-only model writes prompt tokens."""
+    torch.manual_seed(0)
+    gen = MaskedDiffusion.from_preset("tiny", tiny_tokenizer, code_len=8, copy=True)
+    model = gen.model.eval()
+    assert "copy head" in model.parameter_counts()
+    prompts = ["cells greater than 57", "top 3 sales"]
+    ids, mask, _ = tiny_tokenizer.encode_prompts(prompts, 12)
+    z = torch.full((2, 8), MASK)
+    with torch.no_grad():
+        logp = model(ids, mask, z)
+        assert torch.allclose(logp.exp().sum(-1), torch.ones(2, 8), atol=1e-5)
+        model.copy.gate.weight.zero_()
+        model.copy.gate.bias.fill_(-40.0)  # g = 0: the pointer alone
+        p = model(ids, mask, z).exp()
+        for row, prompt_ids in enumerate(ids):
+            in_prompt = p[row][:, prompt_ids[mask[row].bool()].unique()].sum(-1)
+            assert torch.allclose(in_prompt, torch.ones(8), atol=1e-5)
+        for cand in gen.generate(prompts[0], k=3, steps=8):
+            assert set(tiny_tokenizer.encode_code([cand.code], 8)[0][0].tolist()) - {0, 1} <= set(
+                ids[0].tolist()
+            )
+        model.copy.gate.bias.fill_(40.0)  # g = 1: H alone
+        p_open = model(ids, mask, z).exp()
+        copy, model.copy = model.copy, None
+        logits = model(ids, mask, z)
+        model.copy = copy
+    logits[..., MASK] = float("-inf")  # [MASK] is never the answer, with or without the head
+    assert torch.allclose(p_open, logits.softmax(-1), atol=1e-5)
