@@ -172,6 +172,15 @@ def _steps_curve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _steps_plot(args: argparse.Namespace) -> int:
+    from eval.curves import steps_plot
+
+    data = steps_plot([Path(d) for d in args.curves], args.labels, Path(args.out), args.metrics)
+    for label, rows in data.items():
+        print(label, " ".join(f"{r['steps']}:{r['top5']:.1f}" for r in rows), "(steps:top-5)")
+    return 0
+
+
 def _training_curves(args: argparse.Namespace) -> int:
     from eval.curves import training_curves
 
@@ -451,6 +460,18 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--out", required=True, help="folder for curve.json and curve.png")
     _add_split_args(sc)
     sc.set_defaults(func=_steps_curve)
+    sp = sub.add_parser(
+        "steps-plot",
+        help="several models' steps curves in one plot (from their curve.json)",
+        description="Example: python -m eval steps-plot results/masked-cf/steps-masked "
+        "results/masked-cf/steps-continuous --labels masked continuous "
+        "--out results/masked-cf/steps.png",
+    )
+    sp.add_argument("curves", nargs="+", help="steps-curve output folders (with curve.json)")
+    sp.add_argument("--labels", nargs="+", required=True, help="one label per folder")
+    sp.add_argument("--metrics", nargs="+", default=["top1", "top5"], help="top1, top5, valid_top1")
+    sp.add_argument("--out", required=True, help="PNG path (numbers beside it as .json)")
+    sp.set_defaults(func=_steps_plot)
     tc = sub.add_parser(
         "training-curves",
         help="held-out metric against training steps, from CSV logs",

@@ -2,6 +2,7 @@
 steps for several runs (read from their Lightning CSV logs).
 
     python -m eval steps-curve --model DIR --benchmark cf --steps 1 10 100 1200 --out D
+    python -m eval steps-plot results/a results/b --labels A B --out F.png   # curves side by side
     python -m eval training-curves runs/a/finetune runs/b/finetune --labels A B --out F.png
 """
 
@@ -49,6 +50,47 @@ def steps_curve(
         title=f"{lang}: quality vs sampling steps ({len(examples)} items)",
     )
     return rows
+
+
+_CURVE_METRICS = {"top1": "top-1", "top5": "top-5", "valid_top1": "valid top-1"}
+
+
+def steps_plot(
+    curve_dirs: Sequence[Path],
+    labels: Sequence[str],
+    out: Path,
+    metrics: Sequence[str] = ("top1", "top5"),
+) -> dict[str, Any]:
+    """Several models' ``steps-curve`` results in one plot (no generation: each folder's
+    ``curve.json``), e.g. continuous and masked diffusion against their sampling steps."""
+    if len(labels) != len(curve_dirs):
+        raise UserError("give one label per curve folder")
+    unknown = sorted(set(metrics) - set(_CURVE_METRICS))
+    if unknown:
+        raise UserError(f"unknown metric {unknown[0]!r}: choose from {', '.join(_CURVE_METRICS)}")
+    series, data = {}, {}
+    for label, d in zip(labels, curve_dirs, strict=True):
+        path = Path(d) / "curve.json"
+        try:
+            rows = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"{path}: cannot read a steps curve ({e})") from None
+        data[label] = rows
+        for m in metrics:
+            series[f"{label} {_CURVE_METRICS[m]}"] = (
+                [r["steps"] for r in rows],
+                [r[m] for r in rows],
+            )
+    _plot(
+        out,
+        series,
+        xlabel="sampling steps (network calls per draw)",
+        ylabel="%",
+        logx=True,
+        title="quality vs sampling steps",
+    )
+    out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    return data
 
 
 def read_metric(run_stage_dir: Path, metric: str) -> tuple[list[int], list[float]]:

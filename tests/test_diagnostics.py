@@ -66,6 +66,18 @@ def test_steps_curve_writes_one_row_per_step_count(tiny_model, tmp_path):
     assert json.loads((tmp_path / "c" / "curve.json").read_text()) == rows
     assert (tmp_path / "c" / "curve.png").is_file()
 
+    # Two models' curves in one plot, read back from their curve.json (no generation).
+    from eval.__main__ import main as eval_main
+    from eval.curves import steps_plot
+
+    steps_curve(tiny_model, exs[:2], "cf", [1, 3], tmp_path / "d", k=2, num_draws=2)
+    both = steps_plot([tmp_path / "c", tmp_path / "d"], ["a", "b"], tmp_path / "both.png")
+    assert [r["steps"] for r in both["a"]] == [1, 2] and [r["steps"] for r in both["b"]] == [1, 3]
+    assert (tmp_path / "both.png").is_file() and (tmp_path / "both.json").is_file()
+    bad = ["steps-plot", str(tmp_path / "c"), "--labels", "a", "--out", str(tmp_path / "x.png")]
+    assert eval_main(bad + ["--metrics", "bleu"]) == 2  # one-line error, no traceback
+    assert eval_main(["steps-plot", str(tmp_path), "--labels", "a", "--out", "x.png"]) == 2
+
 
 def test_an_ablation_row_is_scored_on_its_own_held_out_share(tmp_path, monkeypatch):
     """A row trained with another seed holds out other programs: its held-out evaluation must
