@@ -140,6 +140,14 @@ class CodeFusionConfig(StackSizes):
         return cls.from_dict(d)
 
 
+# The options of CodeFusion's own model, beyond the stack sizes it shares with the other
+# architectures built on it (its twins of train --baseline / --masked leave them out).
+_SHARED = {f.name for f in dataclasses.fields(StackSizes)}
+CODEFUSION_ONLY = tuple(
+    f.name for f in dataclasses.fields(CodeFusionConfig) if f.name not in _SHARED
+)
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # ~75M parameters with a 16K vocabulary (see `codefusion params --preset paper`).
     "paper": {},

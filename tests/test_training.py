@@ -118,10 +118,17 @@ def test_every_shipped_config_loads():
     for path in configs:  # (ablation plans live in configs/ablation/ and are not run configs)
         cfg = load_run_config(path)
         assert cfg.model["preset"] in PRESETS, path
-        for arch in ARCHITECTURES:  # every config trains either architecture (--baseline)
-            cfg = load_run_config(path, [f"model.architecture={arch}"])
+        for arch in ARCHITECTURES:  # every config trains every architecture (--baseline, ...)
+            cfg = load_run_config(path, twin=arch)
             with torch.device("meta"):  # sizes only
                 build_generator(cfg, _Vocab())
+    # The twin leaves CodeFusion's own options out (cf-tiny has the copy head); naming the
+    # architecture by hand beside one of them is a one-line error, not a silent drop.
+    tiny = Path(__file__).parents[1] / "configs" / "cf-tiny.yaml"
+    assert load_run_config(tiny).model["copy"] is True
+    assert "copy" not in load_run_config(tiny, twin="t5-baseline").model
+    with pytest.raises(RunConfigError, match="unknown baseline config keys: copy"):
+        load_run_config(tiny, ["model.architecture=t5-baseline"])
 
 
 def test_prompt_dropout_drops_a_seeded_share_of_prompts():

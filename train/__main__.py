@@ -106,9 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline and args.masked:
             raise RunConfigError("--baseline and --masked name two architectures: pick one")
         arch, suffix = (BASELINE, "-ar") if args.baseline else (MASKED, "-masked")
-        if args.baseline or args.masked:
-            overrides.insert(0, f"model.architecture={arch}")
-        cfg = load_run_config(args.config, overrides)
+        twin = arch if args.baseline or args.masked else None
+        cfg = load_run_config(args.config, overrides, twin=twin)
         named = any(o.split("=")[0].strip() == "name" for o in args.overrides)
         if (args.baseline or args.masked) and not named:
             cfg.name += suffix

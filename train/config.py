@@ -18,15 +18,19 @@ terms (``python -m train --config C --baseline`` sets it and names the run ``<na
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from codefusion.config import CODEFUSION_ONLY
 from codefusion.errors import UserError
 from codefusion.fields import above, at_least, check_fields, unit
 from codefusion.languages import NAMES
+
+log = logging.getLogger(__name__)
 
 
 class RunConfigError(UserError):
@@ -235,8 +239,15 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML run config and apply ``key.sub=value`` overrides (values parsed as YAML)."""
+def load_run_config(
+    path: str | Path | None, overrides: list[str] = (), twin: str | None = None
+) -> RunConfig:
+    """Read a YAML run config and apply ``key.sub=value`` overrides (values parsed as YAML).
+
+    ``twin``: the config's twin of another architecture (``--baseline``, ``--masked``): the same
+    data, stages, preset and lengths, without the options of CodeFusion's own model (its copy
+    head, self-conditioning, ...), which the twin either lacks or would take as a change of
+    recipe; an override may still set one."""
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -246,6 +257,13 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
             raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise RunConfigError(f"{p}: invalid YAML ({_yaml_problem(e)})") from None
+    if twin is not None:
+        model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+        dropped = sorted(k for k in model if k in CODEFUSION_ONLY)
+        raw["model"] = {k: v for k, v in model.items() if k not in CODEFUSION_ONLY}
+        raw["model"]["architecture"] = twin
+        if dropped:
+            log.info("the %s twin leaves out CodeFusion's model.%s", twin, ", model.".join(dropped))
     for item in overrides:
         if "=" not in item:
             raise RunConfigError(f"override {item!r} must look like key.sub=value")
