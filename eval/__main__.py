@@ -164,20 +164,17 @@ def _steps_curve(args: argparse.Namespace) -> int:
     rows = steps_curve(
         gen, _examples(args), args.benchmark, args.steps, Path(args.out), args.seed, **options
     )
+    keys = ("top1", "top5", "valid_top1", "length_acc")
     for r in rows:
-        print(
-            f"steps {r['steps']:>5}: top-1 {r['top1']:.1f}  top-5 {r['top5']:.1f}  "
-            f"valid {r['valid_top1']:.1f}  length {r['length_acc']:.1f}"
-        )
+        print(f"steps {r['steps']:>5}: " + "  ".join(f"{k} {r[k]:.1f}" for k in keys))
     return 0
 
 
 def _steps_plot(args: argparse.Namespace) -> int:
     from eval.curves import steps_plot
 
-    data = steps_plot([Path(d) for d in args.curves], args.labels, Path(args.out), args.metrics)
-    for label, rows in data.items():
-        print(label, " ".join(f"{r['steps']}:{r['top5']:.1f}" for r in rows), "(steps:top-5)")
+    steps_plot([Path(d) for d in args.curves], args.labels, Path(args.out), args.metrics)
+    print(f"wrote {args.out} (numbers beside it as .json)")
     return 0
 
 
@@ -444,8 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     sc = sub.add_parser(
         "steps-curve",
         help="quality against the number of sampling steps, for one model",
-        description="Example: python -m eval steps-curve --model DIR --benchmark cf --split "
-        "heldout --steps 1 10 100 --out results/steps",
+        description="Example: python -m eval steps-curve --model M --benchmark cf --out D",
     )
     sc.add_argument("--model", required=True, help="model directory")
     sc.add_argument("--benchmark", required=True, choices=["cf", "bash", "python"])
@@ -462,21 +458,18 @@ def main(argv: list[str] | None = None) -> int:
     sc.set_defaults(func=_steps_curve)
     sp = sub.add_parser(
         "steps-plot",
-        help="several models' steps curves in one plot (from their curve.json)",
-        description="Example: python -m eval steps-plot results/masked-cf/steps-masked "
-        "results/masked-cf/steps-continuous --labels masked continuous "
-        "--out results/masked-cf/steps.png",
+        help="several models' steps curves in one plot (their curve.json)",
+        description="Example: python -m eval steps-plot DIR_A DIR_B --labels a b --out s.png",
     )
     sp.add_argument("curves", nargs="+", help="steps-curve output folders (with curve.json)")
     sp.add_argument("--labels", nargs="+", required=True, help="one label per folder")
-    sp.add_argument("--metrics", nargs="+", default=["top1", "top5"], help="top1, top5, valid_top1")
+    sp.add_argument("--metrics", nargs="+", default=["top1", "top5"], help="top1 top5 valid_top1")
     sp.add_argument("--out", required=True, help="PNG path (numbers beside it as .json)")
     sp.set_defaults(func=_steps_plot)
     tc = sub.add_parser(
         "training-curves",
         help="held-out metric against training steps, from CSV logs",
-        description="Example: python -m eval training-curves runs/a/finetune runs/b/finetune "
-        "--labels a b --out results/curves.png",
+        description="Example: python -m eval training-curves a/finetune --labels a --out c.png",
     )
     tc.add_argument("stages", nargs="+", help="stage folders, e.g. runs/NAME/finetune")
     tc.add_argument("--labels", nargs="+", required=True, help="one label per stage folder")
