@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
         "build-python-corpus",
         help="build the Python pre-training snippets from the stdlib",
         description="Single-line statements of this Python's standard library, deduplicated "
-        "(the release lacks its Python snippet file). Example: codefusion build-python-corpus",
+        "(the published data has no Python snippet file). Example: codefusion build-python-corpus",
     )
     y.add_argument("--out", default=str(DEFAULT_CACHE / "python_snippets.txt"))
     y.add_argument("--max-chars", type=int, default=200)

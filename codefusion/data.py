@@ -1,6 +1,6 @@
 """Benchmark and pre-training data: where it lives, how it is read, what is kept.
 
-The released files (microsoft/prose-benchmarks, folder CodeFusion, CC BY-SA 4.0) are read in
+The published files (microsoft/prose-benchmarks, folder CodeFusion, CC BY-SA 4.0) are read in
 place from a data folder given by a flag or the ``CODEFUSION_DATA`` environment variable:
 
     <data>/benchmarks/{Bash,CFRule,Python}Benchmarks.json   {"train": [...], "test": [...]}

@@ -1,6 +1,6 @@
 """A Python pre-training snippet corpus built from the running interpreter's standard library.
 
-The CodeFusion release lacks its Python snippet file, so we build one from source that is on
+The published CodeFusion data has no Python snippet file, so we build one from source that is on
 every machine: single-line simple statements (assignments, calls, returns, imports, ...) of the
 standard library, docstrings dropped, at most ``max_chars`` characters (about the 128-token
 canvas), deduplicated, in a deterministic order (sorted file paths, then source order).
