@@ -249,9 +249,9 @@ def load_snippets(
     data_dir: str | os.PathLike | None = None,
     python_corpus: str | os.PathLike | None = None,
 ) -> list[str]:
-    """Pre-training snippets of a language, in file order (duplicates kept, as released).
+    """Pre-training snippets of a language, in file order (duplicates kept, as in the files).
 
-    Python has no released snippet file: pass ``python_corpus`` (built by
+    The published data has no Python snippet file: pass ``python_corpus`` (built by
     ``codefusion build-python-corpus``), or it is built from the standard library on the fly.
     """
     name = language(check_language(lang)).snippet_file
